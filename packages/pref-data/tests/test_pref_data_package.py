@@ -1,0 +1,13 @@
+import importlib.metadata
+
+import pref_data
+
+
+def test_version_matches_distribution_metadata():
+    assert pref_data.__version__ == importlib.metadata.version("pref-data")
+
+
+def test_depends_on_compatible_pref_core_range():
+    requires = importlib.metadata.requires("pref-data") or []
+    core = [r for r in requires if r.startswith("pref-core")]
+    assert core == ["pref-core<0.2,>=0.1"] or core == ["pref-core>=0.1,<0.2"]
