@@ -1,0 +1,26 @@
+"""Per-sample regression errors, the quantity every diffusion preference loss is built from."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def per_sample_mse(prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean over the non-batch dimensions of (prediction − target)², in float32, shape (B,).
+
+    Diffusion-DPO's ``‖ε − ε_θ(x_t, t)‖²`` as implemented by its authors: a mean (not a sum)
+    over C, H, W. Computing in float32 matters: in bf16 the difference of two nearly equal
+    errors (policy vs reference) is mostly rounding noise.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ"
+        )
+    if prediction.ndim < 1:
+        raise ValueError("per_sample_mse needs a batch dimension")
+    dt = torch.float64 if torch.float64 in (prediction.dtype, target.dtype) else torch.float32
+    diff = prediction.to(dt) - target.to(dt)
+    if diff.ndim == 1:
+        return diff.square()
+    return diff.square().flatten(1).mean(dim=1)
