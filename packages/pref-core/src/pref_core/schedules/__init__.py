@@ -45,6 +45,23 @@ def schedule_from_config(
     return DDPMSchedule.from_config(config)
 
 
+def schedule_from_scheduler(
+    scheduler: Any, **flow_overrides: Any
+) -> DDPMSchedule | FlowMatchingSchedule:
+    """Like :func:`schedule_from_config`, from a live diffusers scheduler object.
+
+    Reads ``scheduler.config`` and the class name; diffusers itself is not imported.
+    """
+    config = dict(getattr(scheduler, "config", {}) or {})
+    if not config:
+        raise TypeError(
+            f"{type(scheduler).__name__} has no `config`; pass a diffusers scheduler or use "
+            "schedule_from_config with a config dict"
+        )
+    config.setdefault("_class_name", type(scheduler).__name__)
+    return schedule_from_config(config, **flow_overrides)
+
+
 __all__ = [
     "DDPMSchedule",
     "FlowMatchingSchedule",
@@ -54,6 +71,7 @@ __all__ = [
     "rescale_zero_terminal_snr",
     "resolution_shift_mu",
     "schedule_from_config",
+    "schedule_from_scheduler",
     "shift_sigmas",
     "time_shift",
 ]
