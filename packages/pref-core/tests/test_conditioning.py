@@ -6,12 +6,17 @@ from pref_core.conditioning import Conditioning
 
 def make(batch=3, value=None, seed=0):
     g = torch.Generator().manual_seed(seed)
-    embeds = torch.randn(batch, 4, 6, generator=g) if value is None else \
-        torch.full((batch, 4, 6), float(value))
+    embeds = (
+        torch.randn(batch, 4, 6, generator=g)
+        if value is None
+        else torch.full((batch, 4, 6), float(value))
+    )
     pooled = torch.randn(batch, 6, generator=g)
     mask = torch.ones(batch, 4, dtype=torch.long)
-    return Conditioning({"prompt_embeds": embeds, "pooled": pooled, "attention_mask": mask},
-                        {"text_ids": torch.zeros(4, 3)})
+    return Conditioning(
+        {"prompt_embeds": embeds, "pooled": pooled, "attention_mask": mask},
+        {"text_ids": torch.zeros(4, 3)},
+    )
 
 
 def test_access_and_repr():
@@ -85,9 +90,14 @@ def test_incompatible_combinations_are_explained():
     other_mask._batched["attention_mask"] = torch.zeros(3, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="attention_mask"):
         c + other_mask
-    longer = Conditioning({"prompt_embeds": torch.zeros(3, 5, 6), "pooled": torch.zeros(3, 6),
-                           "attention_mask": torch.ones(3, 5, dtype=torch.long)},
-                          {"text_ids": torch.zeros(4, 3)})
+    longer = Conditioning(
+        {
+            "prompt_embeds": torch.zeros(3, 5, 6),
+            "pooled": torch.zeros(3, 6),
+            "attention_mask": torch.ones(3, 5, dtype=torch.long),
+        },
+        {"text_ids": torch.zeros(4, 3)},
+    )
     with pytest.raises(ValueError, match="pad prompts"):
         Conditioning.cat([c, longer])
     shared_differs = make()

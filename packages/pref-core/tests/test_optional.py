@@ -25,8 +25,9 @@ def test_schedule_from_a_scheduler_like_object():
     flow = FlowMatchEulerDiscreteScheduler()
     flow.config = {"num_train_timesteps": 1000, "shift": 3.0}
     assert isinstance(schedule_from_scheduler(flow), FlowMatchingSchedule)
-    ddim = types.SimpleNamespace(config={"beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                         "beta_end": 0.012})
+    ddim = types.SimpleNamespace(
+        config={"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    )
     assert isinstance(schedule_from_scheduler(ddim), DDPMSchedule)
     with pytest.raises(TypeError, match="config"):
         schedule_from_scheduler(object())

@@ -11,8 +11,10 @@ def latents(seed, shape=(3, 4, 6, 6)):
     return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
 
 
-@pytest.mark.parametrize("process", [DDPMSchedule.scaled_linear(prediction_type="v_prediction"),
-                                     FlowMatchingSchedule(shift=3.0)])
+@pytest.mark.parametrize(
+    "process",
+    [DDPMSchedule.scaled_linear(prediction_type="v_prediction"), FlowMatchingSchedule(shift=3.0)],
+)
 def test_noise_pair_applies_the_process(process):
     x0_w, x0_l = latents(0)
     pair = noise_pair(process, x0_w, x0_l, generator=torch.Generator().manual_seed(1))
@@ -29,8 +31,14 @@ def test_noise_pair_applies_the_process(process):
 def test_sharing_is_an_explicit_option():
     x0_w, x0_l = latents(0)
     sched = DDPMSchedule.scaled_linear()
-    pair = noise_pair(sched, x0_w, x0_l, share_noise=False, share_timestep=False,
-                      generator=torch.Generator().manual_seed(2))
+    pair = noise_pair(
+        sched,
+        x0_w,
+        x0_l,
+        share_noise=False,
+        share_timestep=False,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert not torch.equal(pair.noise_w, pair.noise_l)
     assert not torch.equal(pair.t, pair.t_loser)
     torch.testing.assert_close(pair.x_t_l, sched.add_noise(x0_l, pair.noise_l, pair.t_loser))
@@ -52,8 +60,9 @@ def test_predict_pair_runs_reference_without_grad():
     torch.manual_seed(0)
     policy, reference = TinyDenoiser(), TinyDenoiser()
     x0_w, x0_l = latents(3, (2, 4, 8, 8))
-    pair = noise_pair(DDPMSchedule.scaled_linear(), x0_w, x0_l,
-                      generator=torch.Generator().manual_seed(0))
+    pair = noise_pair(
+        DDPMSchedule.scaled_linear(), x0_w, x0_l, generator=torch.Generator().manual_seed(0)
+    )
     cond = random_conditioning(2)
     preds = predict_pair(policy, reference, pair, cond)
     assert preds.policy_w.requires_grad and not preds.reference_w.requires_grad

@@ -19,8 +19,9 @@ def test_concrete_classes_satisfy_the_protocols():
 def test_preference_batch_validates_and_swaps():
     cond = random_conditioning(2)
     w, l = torch.zeros(2, 4, 3, 3), torch.ones(2, 4, 3, 3)
-    batch = PreferenceBatch(cond, w, l, {"clip_w": torch.zeros(2, 5), "clip_l": torch.ones(2, 5),
-                                         "prompt": ["a", "b"]})
+    batch = PreferenceBatch(
+        cond, w, l, {"clip_w": torch.zeros(2, 5), "clip_l": torch.ones(2, 5), "prompt": ["a", "b"]}
+    )
     assert len(batch) == 2
     s = batch.swapped()
     assert torch.equal(s.winner, l) and torch.equal(s.loser, w)

@@ -31,6 +31,9 @@ def import_optional(module: str, *, extra: str | None = None, purpose: str = "")
         top = module.split(".")[0]
         extra = extra or EXTRAS.get(top)
         need = f" for {purpose}" if purpose else ""
-        hint = (f"install it with `pip install 'pref-core[{extra}]'`" if extra
-                else f"install it with `pip install {top}`")
+        hint = (
+            f"install it with `pip install 'pref-core[{extra}]'`"
+            if extra
+            else f"install it with `pip install {top}`"
+        )
         raise ImportError(f"{module!r} is needed{need} but is not installed; {hint}") from exc

@@ -56,7 +56,12 @@ class PreferenceBatch:
 
     def to(self, *args: Any, **kwargs: Any) -> PreferenceBatch:
         """Move every tensor (conditioning, samples, tensor extras) like ``Tensor.to``."""
-        extras = {k: v.to(*args, **kwargs) if isinstance(v, Tensor) else v
-                  for k, v in self.extras.items()}
-        return PreferenceBatch(self.cond.to(*args, **kwargs), self.winner.to(*args, **kwargs),
-                               self.loser.to(*args, **kwargs), extras)
+        extras = {
+            k: v.to(*args, **kwargs) if isinstance(v, Tensor) else v for k, v in self.extras.items()
+        }
+        return PreferenceBatch(
+            self.cond.to(*args, **kwargs),
+            self.winner.to(*args, **kwargs),
+            self.loser.to(*args, **kwargs),
+            extras,
+        )

@@ -91,8 +91,10 @@ class Conditioning:
         return next(iter(self._batched.values())).device
 
     def __repr__(self) -> str:
-        parts = [f"{k}={tuple(v.shape)}:{str(v.dtype).removeprefix('torch.')}"
-                 for k, v in self._batched.items()]
+        parts = [
+            f"{k}={tuple(v.shape)}:{str(v.dtype).removeprefix('torch.')}"
+            for k, v in self._batched.items()
+        ]
         parts += [f"{k}(shared)" for k in self._shared]
         return f"Conditioning(batch_size={self.batch_size}, {', '.join(parts)})"
 
@@ -116,8 +118,10 @@ class Conditioning:
                     device = a
             return v.to(device) if device is not None else v
 
-        return Conditioning({k: move(v) for k, v in self._batched.items()},
-                            {k: move(v) for k, v in self._shared.items()})
+        return Conditioning(
+            {k: move(v) for k, v in self._batched.items()},
+            {k: move(v) for k, v in self._shared.items()},
+        )
 
     def detach(self) -> Conditioning:
         return self.map(Tensor.detach)
@@ -135,8 +139,9 @@ class Conditioning:
         """Split along the batch like :func:`torch.split`."""
         pieces = {k: torch.split(v, sizes) for k, v in self._batched.items()}
         count = len(next(iter(pieces.values())))
-        return tuple(Conditioning({k: p[i] for k, p in pieces.items()}, self._shared)
-                     for i in range(count))
+        return tuple(
+            Conditioning({k: p[i] for k, p in pieces.items()}, self._shared) for i in range(count)
+        )
 
     def chunk(self, chunks: int) -> tuple[Conditioning, ...]:
         if self.batch_size % chunks:
@@ -189,8 +194,11 @@ class Conditioning:
             )
         out = {}
         for k, v in self._batched.items():
-            o = other._batched[k].to(v.device).expand_as(v) if other.batch_size == 1 \
+            o = (
+                other._batched[k].to(v.device).expand_as(v)
+                if other.batch_size == 1
                 else other._batched[k].to(v.device)
+            )
             mask = replace.reshape(-1, *([1] * (v.ndim - 1)))
             out[k] = torch.where(mask, o.to(v.dtype), v)
         return Conditioning(out, self._shared)
@@ -282,8 +290,7 @@ def _check_compatible(a: Conditioning, b: Conditioning, *, compare_batched_non_f
             )
         if v.dtype.is_floating_point != w.dtype.is_floating_point:
             raise ValueError(f"entry {k!r} is floating in one conditioning and not in the other")
-        if (compare_batched_non_float and not v.dtype.is_floating_point
-                and not _same_value(v, w)):
+        if compare_batched_non_float and not v.dtype.is_floating_point and not _same_value(v, w):
             raise ValueError(
                 f"entry {k!r} ({v.dtype}) differs between the conditionings; masks and ids "
                 "cannot be combined linearly, so they must be equal"

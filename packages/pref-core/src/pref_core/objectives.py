@@ -25,26 +25,43 @@ class DiffusionDPO:
         kernel_backend: backend for the fused error kernel (see :mod:`pref_core.ops`).
     """
 
-    def __init__(self, beta: float = 5000.0, *, halve_beta: bool = True,
-                 kernel_backend: str | None = None) -> None:
+    def __init__(
+        self, beta: float = 5000.0, *, halve_beta: bool = True, kernel_backend: str | None = None
+    ) -> None:
         self.scale = dpo_scale(beta, halve_beta=halve_beta)
         self.beta = beta
         self.halve_beta = halve_beta
         self.kernel_backend = kernel_backend
 
-    def __call__(self, predictions: PairPredictions, pair: NoisedPair,
-                 batch: PreferenceBatch | None = None) -> ObjectiveOutput:
+    def __call__(
+        self, predictions: PairPredictions, pair: NoisedPair, batch: PreferenceBatch | None = None
+    ) -> ObjectiveOutput:
         errors = paired_errors(
-            predictions.policy_w, predictions.policy_l,
-            predictions.reference_w, predictions.reference_l,
-            pair.target_w, pair.target_l, backend=self.kernel_backend,
+            predictions.policy_w,
+            predictions.policy_l,
+            predictions.reference_w,
+            predictions.reference_l,
+            pair.target_w,
+            pair.target_l,
+            backend=self.kernel_backend,
         )
-        logits = dpo_logits(errors.policy_w, errors.policy_l, errors.reference_w,
-                            errors.reference_l, beta=self.beta, halve_beta=self.halve_beta)
+        logits = dpo_logits(
+            errors.policy_w,
+            errors.policy_l,
+            errors.reference_w,
+            errors.reference_l,
+            beta=self.beta,
+            halve_beta=self.halve_beta,
+        )
         loss = -F.logsigmoid(logits).mean()
-        metrics = preference_metrics(errors.policy_w.detach(), errors.policy_l.detach(),
-                                     errors.reference_w, errors.reference_l,
-                                     logits.detach(), self.scale)
+        metrics = preference_metrics(
+            errors.policy_w.detach(),
+            errors.policy_l.detach(),
+            errors.reference_w,
+            errors.reference_l,
+            logits.detach(),
+            self.scale,
+        )
         return ObjectiveOutput(loss, metrics, {"logits": logits.detach()})
 
     def __repr__(self) -> str:

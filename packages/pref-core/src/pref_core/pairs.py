@@ -49,13 +49,22 @@ class NoisedPair:
     def stacked(self) -> tuple[Tensor, Tensor]:
         """(x_t, model_t) in the [winners; losers] layout, (2B, ...) and (2B,): one forward
         pass of a network over both halves."""
-        return (torch.cat([self.x_t_w, self.x_t_l]),
-                torch.cat([self.model_t, self.model_t_loser]))
+        return (torch.cat([self.x_t_w, self.x_t_l]), torch.cat([self.model_t, self.model_t_loser]))
 
     def swapped(self) -> NoisedPair:
         """Winner and loser exchanged."""
-        return NoisedPair(self.t_loser, self.t, self.model_t_loser, self.model_t, self.x_t_l,
-                          self.x_t_w, self.target_l, self.target_w, self.noise_l, self.noise_w)
+        return NoisedPair(
+            self.t_loser,
+            self.t,
+            self.model_t_loser,
+            self.model_t,
+            self.x_t_l,
+            self.x_t_w,
+            self.target_l,
+            self.target_w,
+            self.noise_l,
+            self.noise_w,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,13 +115,17 @@ def noise_pair(
     device = x0_w.device
 
     def draw_t() -> Tensor:
-        return process.sample_timesteps(batch, generator=generator, device=device,
-                                        **timestep_kwargs)
+        return process.sample_timesteps(
+            batch, generator=generator, device=device, **timestep_kwargs
+        )
 
     def draw_noise() -> Tensor:
-        return torch.randn(x0_w.shape, generator=generator, dtype=torch.float32,
-                           device=generator.device if generator is not None else device
-                           ).to(device=device, dtype=x0_w.dtype)
+        return torch.randn(
+            x0_w.shape,
+            generator=generator,
+            dtype=torch.float32,
+            device=generator.device if generator is not None else device,
+        ).to(device=device, dtype=x0_w.dtype)
 
     t_w = draw_t()
     t_l = t_w if share_timestep else draw_t()
@@ -123,17 +136,32 @@ def noise_pair(
         # Both halves in one kernel launch over the [w; l] layout.
         coeffs = process.coefficients(t_w)
         x_t, target = noise_and_target(
-            torch.cat([x0_w, x0_l]), torch.cat([noise_w, noise_l]),
-            *(torch.cat([v, v]) for v in coeffs), backend=backend)
+            torch.cat([x0_w, x0_l]),
+            torch.cat([noise_w, noise_l]),
+            *(torch.cat([v, v]) for v in coeffs),
+            backend=backend,
+        )
         x_t_w, x_t_l = x_t.chunk(2)
         target_w, target_l = target.chunk(2)
     else:
-        x_t_w, target_w = noise_and_target(x0_w, noise_w, *process.coefficients(t_w),
-                                           backend=backend)
-        x_t_l, target_l = noise_and_target(x0_l, noise_l, *process.coefficients(t_l),
-                                           backend=backend)
-    return NoisedPair(t_w, t_l, process.model_timesteps(t_w), process.model_timesteps(t_l),
-                      x_t_w, x_t_l, target_w, target_l, noise_w, noise_l)
+        x_t_w, target_w = noise_and_target(
+            x0_w, noise_w, *process.coefficients(t_w), backend=backend
+        )
+        x_t_l, target_l = noise_and_target(
+            x0_l, noise_l, *process.coefficients(t_l), backend=backend
+        )
+    return NoisedPair(
+        t_w,
+        t_l,
+        process.model_timesteps(t_w),
+        process.model_timesteps(t_l),
+        x_t_w,
+        x_t_l,
+        target_w,
+        target_l,
+        noise_w,
+        noise_l,
+    )
 
 
 def predict_pair(

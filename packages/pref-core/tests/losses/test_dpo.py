@@ -33,8 +33,9 @@ def mean_sq(a: torch.Tensor, b: torch.Tensor) -> float:
 def reference_loss(pol_w, pol_l, ref_w, ref_l, tgt_w, tgt_l, beta: float) -> float:
     total = 0.0
     for i in range(pol_w.shape[0]):
-        inner = ((mean_sq(tgt_w[i], pol_w[i]) - mean_sq(tgt_w[i], ref_w[i]))
-                 - (mean_sq(tgt_l[i], pol_l[i]) - mean_sq(tgt_l[i], ref_l[i])))
+        inner = (mean_sq(tgt_w[i], pol_w[i]) - mean_sq(tgt_w[i], ref_w[i])) - (
+            mean_sq(tgt_l[i], pol_l[i]) - mean_sq(tgt_l[i], ref_l[i])
+        )
         z = -beta / 2 * inner
         # −log σ(z) = log(1 + e^{−z}), written to stay finite for large |z|
         total += math.log1p(math.exp(-z)) if z > -30 else -z + math.log1p(math.exp(z))
@@ -63,8 +64,11 @@ def test_objective_matches_float64_reference(kind):
     batch_size, shape = 5, (4, 6, 5)
     x0_w = torch.randn(batch_size, *shape, generator=g, dtype=torch.float64)
     x0_l = torch.randn(batch_size, *shape, generator=g, dtype=torch.float64)
-    process = (FlowMatchingSchedule() if kind == "flow"
-               else DDPMSchedule.scaled_linear(prediction_type=kind))
+    process = (
+        FlowMatchingSchedule()
+        if kind == "flow"
+        else DDPMSchedule.scaled_linear(prediction_type=kind)
+    )
     pair = noise_pair(process, x0_w, x0_l, generator=g)
     assert pair.noise_w is pair.noise_l and pair.t is pair.t_loser  # shared by default
     tgt_w, tgt_l = independent_targets(kind, x0_w, x0_l, pair.noise_w, pair.t)
@@ -72,19 +76,26 @@ def test_objective_matches_float64_reference(kind):
     torch.testing.assert_close(pair.target_l, tgt_l, rtol=1e-12, atol=1e-12)
 
     # Predictions near their targets so errors are O(0.1) and β = 50 gives O(1) logits.
-    preds = [t + 0.3 * torch.randn(t.shape, generator=g, dtype=torch.float64)
-             for t in (tgt_w, tgt_l, tgt_w, tgt_l)]
+    preds = [
+        t + 0.3 * torch.randn(t.shape, generator=g, dtype=torch.float64)
+        for t in (tgt_w, tgt_l, tgt_w, tgt_l)
+    ]
     beta = 50.0
     expected = reference_loss(*preds, tgt_w, tgt_l, beta)
 
-    out = DiffusionDPO(beta=beta)(PairPredictions(*preds), pair,
-                                  PreferenceBatch(random_conditioning(batch_size), x0_w, x0_l))
+    out = DiffusionDPO(beta=beta)(
+        PairPredictions(*preds), pair, PreferenceBatch(random_conditioning(batch_size), x0_w, x0_l)
+    )
     assert out.loss.dtype == torch.float64
     assert abs(out.loss.item() - expected) / abs(expected) < 1e-9
 
     functional = diffusion_dpo_loss(
-        per_sample_mse(preds[0], tgt_w), per_sample_mse(preds[1], tgt_l),
-        per_sample_mse(preds[2], tgt_w), per_sample_mse(preds[3], tgt_l), beta=beta)
+        per_sample_mse(preds[0], tgt_w),
+        per_sample_mse(preds[1], tgt_l),
+        per_sample_mse(preds[2], tgt_w),
+        per_sample_mse(preds[3], tgt_l),
+        beta=beta,
+    )
     assert abs(functional.item() - expected) / abs(expected) < 1e-9
 
 
@@ -111,8 +122,13 @@ def test_gradcheck_float64():
     ref = torch.randn(3, 2, 3, generator=g, dtype=torch.float64)
 
     def through_errors(pw, pl):
-        return diffusion_dpo_loss(per_sample_mse(pw, tgt), per_sample_mse(pl, tgt),
-                                  per_sample_mse(ref, tgt), per_sample_mse(ref, tgt), beta=2.0)
+        return diffusion_dpo_loss(
+            per_sample_mse(pw, tgt),
+            per_sample_mse(pl, tgt),
+            per_sample_mse(ref, tgt),
+            per_sample_mse(ref, tgt),
+            beta=2.0,
+        )
 
     assert torch.autograd.gradcheck(through_errors, (pol_w, pol_l))
 

@@ -63,7 +63,8 @@ def test_linear_and_cosine_endpoints():
 
 def test_trained_betas_and_prediction_type_from_config():
     sched = DDPMSchedule.from_config(
-        {"trained_betas": [0.1, 0.2, 0.5], "prediction_type": "v_prediction"})
+        {"trained_betas": [0.1, 0.2, 0.5], "prediction_type": "v_prediction"}
+    )
     assert sched.alphas_cumprod.tolist() == pytest.approx([0.9, 0.72, 0.36])
     assert sched.prediction_type == "v_prediction"
 
@@ -128,9 +129,13 @@ def test_prediction_conversions_round_trip(source, target):
     eps = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
     t = torch.tensor([1, 10, 400, 998])
     xt = sched.add_noise(x0, eps, t)
-    truth = {"epsilon": eps, "sample": x0,
-             "v_prediction": DDPMSchedule.scaled_linear(prediction_type="v_prediction")
-             .target(x0, eps, t)}
+    truth = {
+        "epsilon": eps,
+        "sample": x0,
+        "v_prediction": DDPMSchedule.scaled_linear(prediction_type="v_prediction").target(
+            x0, eps, t
+        ),
+    }
     out = sched.convert(truth[source], xt, t, source=source, target=target)
     torch.testing.assert_close(out, truth[target], rtol=1e-9, atol=1e-9)
 

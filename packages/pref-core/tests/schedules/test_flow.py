@@ -26,8 +26,11 @@ FLUX_CONFIG = {
     "shift": 3.0,
     "use_dynamic_shifting": True,
 }
-SD3_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
-              "shift": 3.0}
+SD3_CONFIG = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+}
 
 
 def test_interpolation_and_velocity_target():

@@ -34,10 +34,12 @@ class IgnoresPreference:
     notice that accuracy does not go from a to 1 − a."""
 
     def __call__(self, predictions, pair, batch):
-        loss = (predictions.policy_w - pair.target_w).square().mean() + \
-            (predictions.policy_l - pair.target_l).square().mean()
-        return ObjectiveOutput(loss, {"implicit_accuracy": torch.tensor(1.0),
-                                      "reward_margin": torch.tensor(1.0)})
+        loss = (predictions.policy_w - pair.target_w).square().mean() + (
+            predictions.policy_l - pair.target_l
+        ).square().mean()
+        return ObjectiveOutput(
+            loss, {"implicit_accuracy": torch.tensor(1.0), "reward_margin": torch.tensor(1.0)}
+        )
 
 
 def harness(objective):

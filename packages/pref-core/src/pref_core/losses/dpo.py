@@ -58,8 +58,7 @@ def diffusion_dpo_loss(
     Arguments are the four per-sample errors, (B,) each (see
     :func:`pref_core.ops.paired_errors`).
     """
-    z = dpo_logits(policy_w, policy_l, reference_w, reference_l, beta=beta,
-                   halve_beta=halve_beta)
+    z = dpo_logits(policy_w, policy_l, reference_w, reference_l, beta=beta, halve_beta=halve_beta)
     losses = -F.logsigmoid(z)
     if reduction == "mean":
         return losses.mean()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
+
+from pref_core._dtypes import compute_dtype
 
 
 def per_sample_mse(prediction: Tensor, target: Tensor) -> Tensor:
@@ -19,7 +20,7 @@ def per_sample_mse(prediction: Tensor, target: Tensor) -> Tensor:
         )
     if prediction.ndim < 1:
         raise ValueError("per_sample_mse needs a batch dimension")
-    dt = torch.float64 if torch.float64 in (prediction.dtype, target.dtype) else torch.float32
+    dt = compute_dtype(prediction, target)
     diff = prediction.to(dt) - target.to(dt)
     if diff.ndim == 1:
         return diff.square()

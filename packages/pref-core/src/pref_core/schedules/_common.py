@@ -49,9 +49,3 @@ def as_generator_device(generator: torch.Generator | None, device: torch.device 
     if generator is not None:
         return generator.device
     return torch.device(device) if device is not None else torch.device("cpu")
-
-
-def compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """float64 when any input is float64, else float32: low-precision data is upcast, double
-    precision (used by reference tests) is kept."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

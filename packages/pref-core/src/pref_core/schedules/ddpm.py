@@ -17,46 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pref_core._dtypes import compute_dtype
 from pref_core.schedules._common import (
     NoiseCoefficients,
     as_generator_device,
     broadcast_per_sample,
-    compute_dtype,
 )
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-
-# Config keys of diffusers' DDPM-family schedulers that only matter at inference time; accepted
-# and ignored so that any SD/SDXL `scheduler_config.json` loads.
-_INFERENCE_ONLY_KEYS = {
-    "clip_sample",
-    "clip_sample_range",
-    "dynamic_thresholding_ratio",
-    "sample_max_value",
-    "set_alpha_to_one",
-    "skip_prk_steps",
-    "steps_offset",
-    "thresholding",
-    "timestep_spacing",
-    "variance_type",
-    "use_karras_sigmas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "interpolation_type",
-    "sigma_min",
-    "sigma_max",
-    "final_sigmas_type",
-    "timestep_type",
-    "algorithm_type",
-    "solver_order",
-    "solver_type",
-    "lower_order_final",
-    "euler_at_final",
-    "lambda_min_clipped",
-    "use_lu_lambdas",
-    "variance_type",
-}
 
 
 def betas_for_schedule(
@@ -173,18 +142,31 @@ class DDPMSchedule:
             return cls.from_config(json.load(f))
 
     @classmethod
-    def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 0.0001,
-               beta_end: float = 0.02, prediction_type: str = "epsilon") -> DDPMSchedule:
+    def linear(
+        cls,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        prediction_type: str = "epsilon",
+    ) -> DDPMSchedule:
         """Ho et al.'s linear schedule."""
-        return cls(betas_for_schedule("linear", num_train_timesteps, beta_start, beta_end),
-                   prediction_type)
+        return cls(
+            betas_for_schedule("linear", num_train_timesteps, beta_start, beta_end), prediction_type
+        )
 
     @classmethod
-    def scaled_linear(cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
-                      beta_end: float = 0.012, prediction_type: str = "epsilon") -> DDPMSchedule:
+    def scaled_linear(
+        cls,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        prediction_type: str = "epsilon",
+    ) -> DDPMSchedule:
         """Stable Diffusion's schedule (SD 1.x, SD 2.x, SDXL)."""
-        return cls(betas_for_schedule("scaled_linear", num_train_timesteps, beta_start, beta_end),
-                   prediction_type)
+        return cls(
+            betas_for_schedule("scaled_linear", num_train_timesteps, beta_start, beta_end),
+            prediction_type,
+        )
 
     # ------------------------------------------------------------------ basic quantities
     @property
@@ -220,8 +202,9 @@ class DDPMSchedule:
     ) -> Tensor:
         """t ~ U{0, …, N−1}, int64, shape (batch_size,) (Diffusion-DPO, CHATS, DSPO)."""
         draw_device = as_generator_device(generator, device)
-        t = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator,
-                          device=draw_device)
+        t = torch.randint(
+            0, self.num_train_timesteps, (batch_size,), generator=generator, device=draw_device
+        )
         return t.to(device) if device is not None else t
 
     def model_timesteps(self, t: Tensor) -> Tensor:
@@ -269,8 +252,9 @@ class DDPMSchedule:
         return x0
 
     # ------------------------------------------------------------------ conversions
-    def to_x0(self, model_output: Tensor, x_t: Tensor, t: Tensor,
-              prediction_type: str | None = None) -> Tensor:
+    def to_x0(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, prediction_type: str | None = None
+    ) -> Tensor:
         """x̂0 from a model output of the given type (default: this schedule's type).
 
         ε: x0 = (x_t − √(1−ᾱ) ε)/√ᾱ. v: x0 = √ᾱ x_t − √(1−ᾱ) v. sample: identity.
@@ -289,8 +273,9 @@ class DDPMSchedule:
             raise ValueError(f"unknown prediction_type {kind!r}")
         return x0.to(model_output.dtype)
 
-    def to_epsilon(self, model_output: Tensor, x_t: Tensor, t: Tensor,
-                   prediction_type: str | None = None) -> Tensor:
+    def to_epsilon(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, prediction_type: str | None = None
+    ) -> Tensor:
         """ε̂ from a model output of the given type.
 
         v: ε = √(1−ᾱ) x_t + √ᾱ v. sample: ε = (x_t − √ᾱ x0)/√(1−ᾱ) (undefined where ᾱ = 1).
@@ -309,8 +294,9 @@ class DDPMSchedule:
             raise ValueError(f"unknown prediction_type {kind!r}")
         return eps.to(model_output.dtype)
 
-    def to_velocity(self, model_output: Tensor, x_t: Tensor, t: Tensor,
-                    prediction_type: str | None = None) -> Tensor:
+    def to_velocity(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, prediction_type: str | None = None
+    ) -> Tensor:
         """v̂ = √ᾱ ε̂ − √(1−ᾱ) x̂0 from a model output of the given type."""
         kind = prediction_type or self.prediction_type
         if kind == "v_prediction":
@@ -320,8 +306,9 @@ class DDPMSchedule:
         x0 = self.to_x0(model_output, x_t, t, kind).double()
         return (ab.sqrt() * eps - (1.0 - ab).sqrt() * x0).to(model_output.dtype)
 
-    def convert(self, model_output: Tensor, x_t: Tensor, t: Tensor, *, source: str,
-                target: str) -> Tensor:
+    def convert(
+        self, model_output: Tensor, x_t: Tensor, t: Tensor, *, source: str, target: str
+    ) -> Tensor:
         """Convert a prediction between ``epsilon``, ``v_prediction`` and ``sample``."""
         if target == "epsilon":
             return self.to_epsilon(model_output, x_t, t, source)
@@ -342,17 +329,22 @@ class DDPMSchedule:
         t = torch.as_tensor(t)
         ab = self.alpha_bar(t)
         prev_idx = (t - 1).clamp(min=0)
-        ab_prev = torch.where(t > 0, self._gather(self.alphas_cumprod, prev_idx),
-                              torch.ones_like(ab))
+        ab_prev = torch.where(
+            t > 0, self._gather(self.alphas_cumprod, prev_idx), torch.ones_like(ab)
+        )
         beta = self._gather(self.betas, t)
         alpha = self._gather(self.alphas, t)
         coef_x0 = beta * ab_prev.sqrt() / (1.0 - ab)
         coef_xt = (1.0 - ab_prev) * alpha.sqrt() / (1.0 - ab)
         variance = (1.0 - ab_prev) / (1.0 - ab) * beta
-        mean = (broadcast_per_sample(coef_x0, x0) * x0.double()
-                + broadcast_per_sample(coef_xt, x_t) * x_t.double())
+        mean = (
+            broadcast_per_sample(coef_x0, x0) * x0.double()
+            + broadcast_per_sample(coef_xt, x_t) * x_t.double()
+        )
         return mean.to(x_t.dtype), variance
 
     def __repr__(self) -> str:
-        return (f"DDPMSchedule(num_train_timesteps={self.num_train_timesteps}, "
-                f"prediction_type={self.prediction_type!r})")
+        return (
+            f"DDPMSchedule(num_train_timesteps={self.num_train_timesteps}, "
+            f"prediction_type={self.prediction_type!r})"
+        )

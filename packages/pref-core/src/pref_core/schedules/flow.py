@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pref_core._dtypes import compute_dtype
 from pref_core.schedules._common import (
     NoiseCoefficients,
     as_generator_device,
     broadcast_per_sample,
-    compute_dtype,
 )
 
 TIMESTEP_DENSITIES = ("uniform", "logit_normal", "mode")
@@ -68,8 +68,9 @@ def time_shift(sigmas: Tensor, mu: float, kind: str = "exponential", power: floa
         raise ValueError(f"unknown time shift {kind!r}; choose one of {TIME_SHIFT_TYPES}")
     scale = math.exp(mu) if kind == "exponential" else mu
     s = sigmas.double()
-    ratio = torch.where(s > 0, (1.0 / s.clamp(min=1e-300) - 1.0) ** power,
-                        torch.full_like(s, math.inf))
+    ratio = torch.where(
+        s > 0, (1.0 / s.clamp(min=1e-300) - 1.0) ** power, torch.full_like(s, math.inf)
+    )
     out = scale / (scale + ratio)
     return out.to(sigmas.dtype)
 
@@ -203,8 +204,13 @@ class FlowMatchingSchedule:
                     "this schedule uses dynamic (resolution-dependent) shifting: pass "
                     "image_seq_len, e.g. pref_core.schedules.image_seq_len(height, width)"
                 )
-            mu = resolution_shift_mu(image_seq_len, self.base_image_seq_len,
-                                     self.max_image_seq_len, self.base_shift, self.max_shift)
+            mu = resolution_shift_mu(
+                image_seq_len,
+                self.base_image_seq_len,
+                self.max_image_seq_len,
+                self.base_shift,
+                self.max_shift,
+            )
             return time_shift(sigmas, mu, self.time_shift_type)
         if self.shift == 1.0:
             return sigmas
@@ -230,7 +236,9 @@ class FlowMatchingSchedule:
     def _check_sigmas(self, sigmas: Tensor) -> Tensor:
         sigmas = torch.as_tensor(sigmas)
         if not sigmas.dtype.is_floating_point:
-            raise TypeError(f"flow timesteps are noise levels σ in [0, 1], got dtype {sigmas.dtype}")
+            raise TypeError(
+                f"flow timesteps are noise levels σ in [0, 1], got dtype {sigmas.dtype}"
+            )
         if bool(((sigmas < 0) | (sigmas > 1)).any()):
             raise ValueError("flow noise levels σ must lie in [0, 1]")
         return sigmas
@@ -263,8 +271,14 @@ class FlowMatchingSchedule:
         s = broadcast_per_sample(self._check_sigmas(sigmas).double(), x_t)
         return (x_t.double() + (1.0 - s) * velocity.double()).to(velocity.dtype)
 
-    def to_velocity(self, *, x_t: Tensor, sigmas: Tensor, x0: Tensor | None = None,
-                    epsilon: Tensor | None = None) -> Tensor:
+    def to_velocity(
+        self,
+        *,
+        x_t: Tensor,
+        sigmas: Tensor,
+        x0: Tensor | None = None,
+        epsilon: Tensor | None = None,
+    ) -> Tensor:
         """v from x_σ and one of x0 (v = (x_σ − x0)/σ) or ε (v = (ε − x_σ)/(1 − σ))."""
         s = broadcast_per_sample(self._check_sigmas(sigmas).double(), x_t)
         if (x0 is None) == (epsilon is None):
@@ -275,5 +289,7 @@ class FlowMatchingSchedule:
 
     def __repr__(self) -> str:
         shift = "dynamic" if self.use_dynamic_shifting else self.shift
-        return (f"FlowMatchingSchedule(shift={shift}, weighting_scheme={self.weighting_scheme!r}, "
-                f"num_train_timesteps={self.num_train_timesteps})")
+        return (
+            f"FlowMatchingSchedule(shift={shift}, weighting_scheme={self.weighting_scheme!r}, "
+            f"num_train_timesteps={self.num_train_timesteps})"
+        )

@@ -60,8 +60,13 @@ class ObjectiveConformance(abc.ABC):
                 p.add_(0.05 * torch.randn(p.shape, generator=generator))
         return {"policy": policy}
 
-    def predict(self, policies: dict[str, nn.Module], reference: nn.Module, pair: NoisedPair,
-                batch: PreferenceBatch) -> PairPredictions:
+    def predict(
+        self,
+        policies: dict[str, nn.Module],
+        reference: nn.Module,
+        pair: NoisedPair,
+        batch: PreferenceBatch,
+    ) -> PairPredictions:
         return predict_pair(policies["policy"], reference, pair, batch.cond)
 
     def make_batch(self, generator: torch.Generator) -> PreferenceBatch:

@@ -27,8 +27,9 @@ class TinyDenoiser(nn.Module):
     and, with the timestep embedding, modulates the hidden features (FiLM).
     """
 
-    def __init__(self, channels: int = 4, cond_dim: int = 8, hidden: int = 16,
-                 time_dim: int = 16) -> None:
+    def __init__(
+        self, channels: int = 4, cond_dim: int = 8, hidden: int = 16, time_dim: int = 16
+    ) -> None:
         super().__init__()
         self.time_dim = time_dim
         self.conv_in = nn.Conv2d(channels, hidden, 3, padding=1)
@@ -45,8 +46,9 @@ class TinyDenoiser(nn.Module):
         return self.conv_out(nn.functional.silu(h)).to(x_t.dtype)
 
 
-def random_conditioning(batch_size: int, *, tokens: int = 5, dim: int = 8,
-                        generator: torch.Generator | None = None) -> Conditioning:
+def random_conditioning(
+    batch_size: int, *, tokens: int = 5, dim: int = 8, generator: torch.Generator | None = None
+) -> Conditioning:
     """Random prompt embeddings (B, tokens, dim) with an all-ones attention mask."""
     embeds = torch.randn(batch_size, tokens, dim, generator=generator)
     mask = torch.ones(batch_size, tokens, dtype=torch.long)
