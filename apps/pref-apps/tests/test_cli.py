@@ -124,11 +124,11 @@ def test_ls_lists_name_and_distribution_without_importing(
     assert lines == [["chats-toy", "fake-chats", "1.2"], ["dspo-toy", "fake-dspo", "0.3"]]
 
 
-def test_dpo_prefix_points_at_pref_core(installed_entry_points, capsys):
+def test_dpo_prefix_points_at_the_trainer(installed_entry_points, capsys):
     installed_entry_points([])
     assert train.main(["--recipe", "dpo-sd15"]) == 2
     err = capsys.readouterr().err
-    assert "pref-core" in err
+    assert "pref-apps" in err
     assert "Diffusion-DPO" in err
 
 

@@ -54,7 +54,7 @@ def test_same_target_seen_twice_is_not_a_conflict():
 @pytest.mark.parametrize(
     ("name", "dist"),
     [
-        ("dpo-sd15", "pref-core"),
+        ("dpo-sd15", "pref-apps"),
         ("chats-sdxl", "pref-chats"),
         ("dspo-sd15", "pref-dspo"),
         ("contrast-sd15", "pref-contrast"),

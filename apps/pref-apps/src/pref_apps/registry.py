@@ -33,7 +33,7 @@ class PlannedProvider:
 # unknown name can be answered with "install X" rather than a bare "not found".
 PLANNED_RECIPES: tuple[PlannedProvider, ...] = (
     PlannedProvider(
-        "dpo-", "pref-core", "the Diffusion-DPO baseline, which arrives with pref-core's trainer"
+        "dpo-", "pref-apps", "the Diffusion-DPO baseline, whose recipes arrive with the trainer"
     ),
     PlannedProvider("chats-", "pref-chats", "CHATS"),
     PlannedProvider("dspo-", "pref-dspo", "DSPO"),
