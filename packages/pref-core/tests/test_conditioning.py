@@ -139,3 +139,32 @@ def test_to_keeps_integer_dtypes_and_gradients_flow():
         return (0.3 * Conditioning({"e": e}) + 0.7 * Conditioning({"e": null}))["e"]
 
     assert torch.autograd.gradcheck(f, (embeds,))
+
+
+def test_declared_ids_are_carried_not_combined():
+    # SDXL's add_time_ids are floats that must survive CFG arithmetic untouched.
+    time_ids = torch.tensor([[512.0, 512, 0, 0, 512, 512]] * 2)
+
+    def sdxl(value):
+        return Conditioning(
+            {"prompt_embeds": torch.full((2, 3, 4), float(value)), "add_time_ids": time_ids},
+            ids={"add_time_ids"},
+        )
+
+    c, null = sdxl(2.0), sdxl(1.0)
+    for out in (c - null, -0.5 * c + 1.5 * null, c.zeros_like(), Conditioning.cat([c, null])):
+        assert out.ids == {"add_time_ids"}
+        assert torch.equal(out["add_time_ids"][:2], time_ids)
+    assert torch.equal((c - null)["prompt_embeds"], torch.ones(2, 3, 4))
+    other = Conditioning(
+        {"prompt_embeds": torch.zeros(2, 3, 4), "add_time_ids": time_ids * 2}, ids={"add_time_ids"}
+    )
+    with pytest.raises(ValueError, match="add_time_ids"):
+        c + other
+    undeclared = Conditioning({"prompt_embeds": torch.zeros(2, 3, 4), "add_time_ids": time_ids})
+    with pytest.raises(ValueError, match="different ids"):
+        c + undeclared
+    with pytest.raises(ValueError, match="not batched"):
+        Conditioning({"a": torch.zeros(2, 1)}, ids={"b"})
+    swapped = c.replace(prompt_embeds=torch.zeros(2, 3, 4))
+    assert swapped.ids == {"add_time_ids"} and swapped["prompt_embeds"].abs().sum() == 0

@@ -10,13 +10,15 @@ replacement by a null condition (prompt dropout, CHATS's ``puncond``), and linea
 
     proxy = -alpha * cond + (1 + alpha) * null
 
-Only floating-point batched tensors are combined linearly. Integer/bool tensors (masks, ids) and
-shared entries must agree across the operands, and an error says which one differs.
+Only floating-point batched tensors that are not *ids* are combined linearly. Ids — integer/bool
+tensors (masks, token ids) and any entry named in ``ids`` (SDXL's float ``add_time_ids``, FLUX's
+distilled-guidance value) — and shared entries must agree across the operands, and an error
+says which one differs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,12 +32,19 @@ class Conditioning:
         batched: named tensors, each with the batch as dimension 0; all share one batch size.
         shared: named values without a batch dimension (tensors or plain values), carried along
             unchanged by every operation.
+        ids: names of batched floating entries that identify rather than describe (sizes,
+            positions, a guidance value): never combined linearly, never zeroed by
+            :meth:`zeros_like`. Integer and bool entries are always treated as ids.
     """
 
-    __slots__ = ("_batched", "_shared")
+    __slots__ = ("_batched", "_ids", "_shared")
 
     def __init__(
-        self, batched: Mapping[str, Tensor], shared: Mapping[str, Any] | None = None
+        self,
+        batched: Mapping[str, Tensor],
+        shared: Mapping[str, Any] | None = None,
+        *,
+        ids: Collection[str] = (),
     ) -> None:
         if not batched:
             raise ValueError("a Conditioning needs at least one batched tensor")
@@ -51,8 +60,12 @@ class Conditioning:
         overlap = set(batched) & set(shared or {})
         if overlap:
             raise ValueError(f"names used both as batched and shared entries: {sorted(overlap)}")
+        unknown = set(ids) - set(batched)
+        if unknown:
+            raise ValueError(f"ids names entries that are not batched tensors: {sorted(unknown)}")
         self._batched: dict[str, Tensor] = dict(batched)
         self._shared: dict[str, Any] = dict(shared or {})
+        self._ids: frozenset[str] = frozenset(ids)
 
     # ------------------------------------------------------------------ access
     @property
@@ -69,6 +82,25 @@ class Conditioning:
     @property
     def shared(self) -> Mapping[str, Any]:
         return dict(self._shared)
+
+    @property
+    def ids(self) -> frozenset[str]:
+        """Batched entries exempt from linear combination (declared ids and non-float ones)."""
+        return self._ids | {k for k, v in self._batched.items() if not v.dtype.is_floating_point}
+
+    def _new(
+        self, batched: Mapping[str, Tensor], shared: Mapping[str, Any] | None = None
+    ) -> Conditioning:
+        return Conditioning(batched, self._shared if shared is None else shared, ids=self._ids)
+
+    def replace(self, **entries: Tensor) -> Conditioning:
+        """A copy with some batched entries replaced."""
+        unknown = set(entries) - set(self._batched)
+        if unknown:
+            raise KeyError(
+                f"no batched entries {sorted(unknown)}; entries: {sorted(self._batched)}"
+            )
+        return self._new({**self._batched, **entries})
 
     def __getitem__(self, name: str) -> Any:
         if name in self._batched:
@@ -101,7 +133,7 @@ class Conditioning:
     # ------------------------------------------------------------------ batch operations
     def map(self, fn) -> Conditioning:
         """Apply ``fn`` to every batched tensor; shared entries are kept."""
-        return Conditioning({k: fn(v) for k, v in self._batched.items()}, self._shared)
+        return self._new({k: fn(v) for k, v in self._batched.items()})
 
     def to(self, *args: Any, **kwargs: Any) -> Conditioning:
         """``Tensor.to`` on batched and shared tensors; dtype casts touch floating tensors only."""
@@ -118,7 +150,7 @@ class Conditioning:
                     device = a
             return v.to(device) if device is not None else v
 
-        return Conditioning(
+        return self._new(
             {k: move(v) for k, v in self._batched.items()},
             {k: move(v) for k, v in self._shared.items()},
         )
@@ -139,9 +171,7 @@ class Conditioning:
         """Split along the batch like :func:`torch.split`."""
         pieces = {k: torch.split(v, sizes) for k, v in self._batched.items()}
         count = len(next(iter(pieces.values())))
-        return tuple(
-            Conditioning({k: p[i] for k, p in pieces.items()}, self._shared) for i in range(count)
-        )
+        return tuple(self._new({k: p[i] for k, p in pieces.items()}) for i in range(count))
 
     def chunk(self, chunks: int) -> tuple[Conditioning, ...]:
         if self.batch_size % chunks:
@@ -160,20 +190,20 @@ class Conditioning:
         first = items[0]
         for other in items[1:]:
             _check_compatible(first, other, compare_batched_non_float=False)
-        return Conditioning(
-            {k: torch.cat([c._batched[k] for c in items]) for k in first._batched},
-            first._shared,
-        )
+        return first._new({k: torch.cat([c._batched[k] for c in items]) for k in first._batched})
 
     # ------------------------------------------------------------------ null condition
     def zeros_like(self) -> Conditioning:
-        """All-zero floating tensors, other entries kept: the *training* null condition.
+        """All-zero embeddings, ids kept: the *training* null condition.
 
         This is the null the CHATS and Diffusion-DPO reference code train the unconditional
         branch with. Samplers usually use the *encoded empty prompt* instead (encode("")); the
         two differ, so pick deliberately.
         """
-        return self.map(lambda v: torch.zeros_like(v) if v.dtype.is_floating_point else v)
+        ids = self.ids
+        return self._new(
+            {k: v if k in ids else torch.zeros_like(v) for k, v in self._batched.items()}
+        )
 
     def where(self, replace: Tensor, other: Conditioning) -> Conditioning:
         """Per sample: ``other`` where ``replace[i]`` is True, else this conditioning.
@@ -201,7 +231,7 @@ class Conditioning:
             )
             mask = replace.reshape(-1, *([1] * (v.ndim - 1)))
             out[k] = torch.where(mask, o.to(v.dtype), v)
-        return Conditioning(out, self._shared)
+        return self._new(out)
 
     # ------------------------------------------------------------------ linear algebra
     @staticmethod
@@ -211,7 +241,8 @@ class Conditioning:
         """Σ_k w_k · c_k over floating entries; other entries must agree across the items.
 
         ``weights`` is a sequence of K numbers, a (K,) tensor, or a (K, B) tensor of per-sample
-        weights. The sum is accumulated in float32 and cast back to each entry's dtype.
+        weights. The sum is accumulated in float32 (float64 for float64 entries) and cast back
+        to each entry's dtype. Ids are taken from the first item (they are equal in all).
         """
         if not items:
             raise ValueError("linear_combination needs at least one conditioning")
@@ -232,8 +263,9 @@ class Conditioning:
         if w.ndim == 2 and w.shape[1] != first.batch_size:
             raise ValueError(f"per-sample weights need shape ({len(items)}, {first.batch_size})")
         out = {}
+        ids = first.ids
         for k, v in first._batched.items():
-            if not v.dtype.is_floating_point:
+            if k in ids:
                 out[k] = v
                 continue
             # float32 accumulation for low precision; float64 stays float64.
@@ -245,7 +277,7 @@ class Conditioning:
                     wi = wi.reshape(-1, *([1] * (v.ndim - 1)))
                 acc = acc + wi * item._batched[k].to(acc_dtype)
             out[k] = acc.to(v.dtype)
-        return Conditioning(out, first._shared)
+        return first._new(out)
 
     def __add__(self, other: Conditioning) -> Conditioning:
         if not isinstance(other, Conditioning):
@@ -281,6 +313,11 @@ def _check_compatible(a: Conditioning, b: Conditioning, *, compare_batched_non_f
         raise ValueError(
             f"conditionings have different entries: {sorted(a.keys())} vs {sorted(b.keys())}"
         )
+    if a._ids != b._ids:
+        raise ValueError(
+            f"conditionings declare different ids: {sorted(a._ids)} vs {sorted(b._ids)}"
+        )
+    ids = a.ids
     for k, v in a._batched.items():
         w = b._batched[k]
         if v.shape[1:] != w.shape[1:]:
@@ -290,7 +327,7 @@ def _check_compatible(a: Conditioning, b: Conditioning, *, compare_batched_non_f
             )
         if v.dtype.is_floating_point != w.dtype.is_floating_point:
             raise ValueError(f"entry {k!r} is floating in one conditioning and not in the other")
-        if compare_batched_non_float and not v.dtype.is_floating_point and not _same_value(v, w):
+        if compare_batched_non_float and k in ids and not _same_value(v, w):
             raise ValueError(
                 f"entry {k!r} ({v.dtype}) differs between the conditionings; masks and ids "
                 "cannot be combined linearly, so they must be equal"
