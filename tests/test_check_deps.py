@@ -177,7 +177,7 @@ def test_import_optional_at_module_level_is_an_import(check_deps, tmp_path):
     root = _tree(
         tmp_path,
         {
-            f"{CORE}/backbones.py": """\
+            f"{CORE}/models.py": """\
                 from pref_core._optional import import_optional
 
                 diffusers = import_optional("diffusers", purpose="loading SDXL")
@@ -189,7 +189,7 @@ def test_import_optional_at_module_level_is_an_import(check_deps, tmp_path):
         },
     )
     assert _messages(check_deps, root) == [
-        f"{CORE}/backbones.py:3: pref_core imports diffusers at module level: import optional "
+        f"{CORE}/models.py:3: pref_core imports diffusers at module level: import optional "
         "dependencies inside the function that needs them"
     ]
 
@@ -232,3 +232,32 @@ def test_repository_has_no_violations(check_deps, repo):
     assert {"pref_core", "pref_apps"} <= packages
     assert count > 0
     assert [str(v) for v in violations] == []
+
+
+def test_heavy_imports_allowed_in_the_optional_backbones_subpackage(check_deps, tmp_path):
+    root = _tree(
+        tmp_path,
+        {
+            f"{CORE}/__init__.py": "from pref_core import losses\n",
+            f"{CORE}/losses.py": "import torch\n",
+            f"{CORE}/backbones/__init__.py": "from pref_core.backbones import sd\n",
+            f"{CORE}/backbones/sd.py": "import diffusers\nfrom transformers import CLIPTextModel\n",
+        },
+    )
+    assert _messages(check_deps, root) == []
+
+
+def test_import_pref_core_must_not_load_the_optional_subpackage(check_deps, tmp_path):
+    root = _tree(
+        tmp_path,
+        {
+            f"{CORE}/__init__.py": "from pref_core import losses\n",
+            f"{CORE}/losses.py": "from pref_core.backbones import sd\n",
+            f"{CORE}/backbones/__init__.py": "",
+            f"{CORE}/backbones/sd.py": "import diffusers\n",
+        },
+    )
+    messages = _messages(check_deps, root)
+    assert len(messages) == 1
+    assert messages[0].startswith(f"{CORE}/losses.py:1: `import pref_core` loads the optional")
+    assert "pref_core -> pref_core.losses -> pref_core.backbones" in messages[0]

@@ -14,6 +14,9 @@ imports are checked against the layering of the workspace:
   - diffusers, transformers, peft and accelerate are imported only where the import runs lazily:
     inside a function, or under ``if TYPE_CHECKING:``. A module-level import (including
     module-level ``if``/``try`` blocks and class bodies, which run at import time) is a violation.
+  - inside the optional subpackage ``pref_core.backbones`` (the ``pref-core[diffusers]`` extra),
+    those four may be imported at module level, provided ``import pref_core`` never loads the
+    subpackage (its ``__init__`` then fails with an ImportError naming the extra).
   - triton may also be imported at module level by a *kernel module*: one that no package
     ``__init__.py`` of pref_core loads at import time, directly or through other module-level
     imports (kernel modules are imported inside the functions that launch them). A module-level
@@ -43,6 +46,9 @@ METHODS = frozenset({"pref_chats", "pref_dspo", "pref_contrast", "pref_img"})
 APPS = frozenset({"pref_apps"})
 # Never imported at module level by pref_core.
 HEAVY = frozenset({"diffusers", "transformers", "peft", "accelerate"})
+# Subpackages of pref_core that are optional extras: HEAVY imports at module level are allowed
+# there, and `import pref_core` must not load them.
+OPTIONAL_SUBPACKAGES = ("pref_core.backbones",)
 # Imported at module level only by kernel modules that pref_core loads lazily.
 KERNEL_ONLY = frozenset({"triton"})
 
@@ -198,13 +204,55 @@ def _layering(source: Source, imports: list[Import]) -> Iterator[Violation]:
                 f"{source.package} imports {imp.module}: "
                 f"{LAYER[source.package]} must not depend on {top}",
             )
-        elif source.package == CORE and top in HEAVY and not imp.lazy:
+        elif (
+            source.package == CORE
+            and top in HEAVY
+            and not imp.lazy
+            and not _in_optional_subpackage(source.module)
+        ):
             yield Violation(
                 source.display,
                 imp.line,
                 f"{source.package} imports {imp.module} at module level: import optional "
                 f"dependencies inside the function that needs them",
             )
+
+
+def _in_optional_subpackage(module: str) -> bool:
+    return any(module == sub or module.startswith(sub + ".") for sub in OPTIONAL_SUBPACKAGES)
+
+
+def _optional_subpackages_reached(
+    core: dict[str, tuple[Source, list[Import]]],
+) -> Iterator[Violation]:
+    """`import pref_core` must not load an optional subpackage (it would need the extra)."""
+    modules = set(core)
+    if CORE not in modules:
+        return
+    parent: dict[str, str | None] = {CORE: None}
+    queue = deque([CORE])
+    reported: set[tuple[str, int]] = set()
+    while queue:
+        current = queue.popleft()
+        for target, line in _eager_edges(core[current][1], modules):
+            if target in parent:
+                continue
+            parent[target] = current
+            if _in_optional_subpackage(target):
+                if (current, line) in reported:
+                    continue
+                reported.add((current, line))
+                chain = [target]
+                while (up := parent[chain[-1]]) is not None:
+                    chain.append(up)
+                yield Violation(
+                    core[current][0].display,
+                    line,
+                    f"`import {CORE}` loads the optional subpackage {target} "
+                    f"({' -> '.join(reversed(chain))}): import it inside functions",
+                )
+                continue
+            queue.append(target)
 
 
 def _eager_edges(imports: list[Import], modules: set[str]) -> Iterator[tuple[str, int]]:
@@ -268,6 +316,7 @@ def check_tree(root: Path) -> tuple[int, list[Violation]]:
         if source.package == CORE:
             core[source.module] = (source, imports)
     violations.extend(_kernel_module_imports(core))
+    violations.extend(_optional_subpackages_reached(core))
     return count, sorted(violations)
 
 
