@@ -91,7 +91,7 @@ def install_torch(session: nox.Session) -> str:
 
 def install_workspace(session: nox.Session, constraints: str, *, triton: bool) -> None:
     """Every package with its test extra (non-editable, built from source), torch kept."""
-    core_extras = "test,triton" if triton else "test"
+    core_extras = "test,diffusers,peft,triton" if triton else "test,diffusers,peft"
     requirements = [f"./{CORE_DIR}[{core_extras}]"]
     requirements += [f"./{path}[test]" for _, _, path in PACKAGES.values() if path != CORE_DIR]
     install(session, "-c", constraints, *requirements)
@@ -99,7 +99,8 @@ def install_workspace(session: nox.Session, constraints: str, *, triton: bool) -
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """All packages (non-editable, with pref-core[triton]) and all tests, on CPU.
+    """All packages (non-editable, pref-core with its triton, diffusers and peft extras) and all
+    tests, on CPU.
 
     The kernel tests run under the Triton interpreter; their conftest sets TRITON_INTERPRET.
     """
