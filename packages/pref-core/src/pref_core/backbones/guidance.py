@@ -265,7 +265,7 @@ class DistilledGuidance:
 
 @dataclass(frozen=True)
 class TrueCFG:
-    """ "True" CFG on a guidance-distilled FLUX model: ε̃ = (1 + s)·v(c) − s·v(c⁻).
+    """True CFG on a guidance-distilled FLUX model: ε̃ = (1 + s)·v(c) − s·v(c⁻).
 
     Both branches go through the distilled model with the guidance id set to ``guidance``
     (``FluxPipeline`` with ``true_cfg_scale`` w = 1 + s and a ``negative_prompt``). c⁻ is the

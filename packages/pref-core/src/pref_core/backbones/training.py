@@ -24,13 +24,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from peft import LoraConfig
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
 
+from pref_core._optional import import_optional
 from pref_core.backbones.base import Backbone
 from pref_core.conditioning import Conditioning
+
+import_optional("peft", extra="peft", purpose="LoRA training (pref_core.backbones.training)")
+
+from peft import LoraConfig  # noqa: E402
+from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict  # noqa: E402
 
 Mode = Literal["lora", "full"]
 MIXED_PRECISION = {None: None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
