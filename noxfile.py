@@ -222,6 +222,10 @@ def wheels(session: nox.Session) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# Extras the `pref` meta-package asks for (root pyproject.toml).
+META_EXTRAS = {"pref-core": "[diffusers,peft]"}
+
+
 def _check_meta_wheel(session: nox.Session, dist_dir: Path) -> None:
     """The `pref` wheel must depend on every package by a file:// URI into this checkout."""
     import zipfile
@@ -234,7 +238,10 @@ def _check_meta_wheel(session: nox.Session, dist_dir: Path) -> None:
             for line in wheel.read(name).decode().splitlines()
             if line.startswith("Requires-Dist:")
         ]
-    expected = sorted(f"{dist} @ {(ROOT / path).as_uri()}" for dist, _, path in PACKAGES.values())
+    expected = sorted(
+        f"{dist}{META_EXTRAS.get(dist, '')} @ {(ROOT / path).as_uri()}"
+        for dist, _, path in PACKAGES.values()
+    )
     if sorted(requires) != expected:
         session.error(f"pref meta-package requirements {requires} != {expected}")
     session.log(f"{meta.name}: {len(requires)} local file:// requirements")
