@@ -21,8 +21,9 @@ def trained_policies(path, mode, seed=0):
 def inputs(backbone, size=8):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, backbone.codec.latent_channels, size, size, generator=g)
-    t = backbone.process.model_timesteps(backbone.process.sample_timesteps(
-        2, generator=g, **backbone.timestep_kwargs(x)))
+    t = backbone.process.model_timesteps(
+        backbone.process.sample_timesteps(2, generator=g, **backbone.timestep_kwargs(x))
+    )
     return x, t, backbone.encode(["a red square", "a blue circle"])
 
 
@@ -32,8 +33,9 @@ def stock_prediction(kind, pipe, x, t, cond):
         return pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"]).sample
     if kind == "sdxl":
         added = {"text_embeds": cond["pooled_prompt_embeds"], "time_ids": cond["add_time_ids"]}
-        return pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"],
-                         added_cond_kwargs=added).sample
+        return pipe.unet(
+            x, t, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=added
+        ).sample
     from pref_core.backbones.flux import FluxDenoiser
 
     return FluxDenoiser(pipe.transformer)(x, t, cond)
@@ -42,8 +44,11 @@ def stock_prediction(kind, pipe, x, t, cond):
 def stock_pipeline(kind, path):
     import diffusers
 
-    cls = {"sd15": diffusers.StableDiffusionPipeline, "sdxl": diffusers.StableDiffusionXLPipeline,
-           "flux": diffusers.FluxPipeline}[kind]
+    cls = {
+        "sd15": diffusers.StableDiffusionPipeline,
+        "sdxl": diffusers.StableDiffusionXLPipeline,
+        "flux": diffusers.FluxPipeline,
+    }[kind]
     return cls.from_pretrained(str(path))
 
 
@@ -88,5 +93,6 @@ def test_pipeline_folder_round_trip(tiny_flux_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded.denoiser(x, t, cond), policies["policy"](x, t, cond))
         pipe = stock_pipeline("flux", tmp_path / "pipe")
-        torch.testing.assert_close(stock_prediction("flux", pipe, x, t, cond),
-                                   policies["policy"](x, t, cond))
+        torch.testing.assert_close(
+            stock_prediction("flux", pipe, x, t, cond), policies["policy"](x, t, cond)
+        )

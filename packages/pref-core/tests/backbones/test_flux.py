@@ -268,9 +268,8 @@ def test_diffusion_dpo_step_trains_only_the_transformer(flux):
     cond = backbone.encode(PROMPTS)
     with pytest.raises(ValueError, match="image_seq_len"):
         noise_pair(backbone.process, z_w, z_l, generator=g)  # dynamic shifting needs it
-    pair = noise_pair(
-        backbone.process, z_w, z_l, generator=g, image_seq_len=packed_sequence_length(z_w)
-    )
+    assert backbone.timestep_kwargs(z_w) == {"image_seq_len": packed_sequence_length(z_w)}
+    pair = noise_pair(backbone.process, z_w, z_l, generator=g, **backbone.timestep_kwargs(z_w))
     assert pair.model_t.dtype.is_floating_point and bool((pair.model_t <= 1000).all())
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     predictions = predict_pair(policy, reference, pair, cond)

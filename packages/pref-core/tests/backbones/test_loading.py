@@ -35,7 +35,7 @@ def test_dtype_option(tiny_sd15_dir):
 
 def test_a_folder_without_model_index_is_explained(tmp_path):
     (tmp_path / "unet").mkdir()
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
+    with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
         load_backbone(str(tmp_path))
 
 

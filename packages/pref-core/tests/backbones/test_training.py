@@ -22,8 +22,13 @@ def batch_for(backbone, seed=0, size=8):
 
 
 def noised(backbone, x0_w, x0_l, seed=1):
-    return noise_pair(backbone.process, x0_w, x0_l, generator=torch.Generator().manual_seed(seed),
-                      **backbone.timestep_kwargs(x0_w))
+    return noise_pair(
+        backbone.process,
+        x0_w,
+        x0_l,
+        generator=torch.Generator().manual_seed(seed),
+        **backbone.timestep_kwargs(x0_w),
+    )
 
 
 def snapshot(module):
@@ -90,8 +95,9 @@ def test_lora_reference_is_the_base_model_exactly(tiny_sd15_dir):
 
 def test_two_named_adapters_train_jointly_on_one_base(tiny_sd15_dir):
     backbone = load_backbone(str(tiny_sd15_dir))
-    policies = PolicySet(backbone, mode="lora", names=("preferred", "dispreferred"),
-                         lora=LoraSettings(rank=4))
+    policies = PolicySet(
+        backbone, mode="lora", names=("preferred", "dispreferred"), lora=LoraSettings(rank=4)
+    )
     with torch.no_grad():  # make the adapters differ so selection is observable
         for i, name in enumerate(policies.names):
             for p in policies.trainable_parameters(name):
@@ -140,8 +146,12 @@ def test_mixed_precision_keeps_lora_in_fp32(tiny_sd15_dir):
 
 def test_gradient_checkpointing_and_compile_give_the_same_predictions(tiny_sd15_dir):
     plain = PolicySet(load_backbone(str(tiny_sd15_dir)), mode="full")
-    switched = PolicySet(load_backbone(str(tiny_sd15_dir)), mode="full",
-                         gradient_checkpointing=True, compile={"backend": "eager"})
+    switched = PolicySet(
+        load_backbone(str(tiny_sd15_dir)),
+        mode="full",
+        gradient_checkpointing=True,
+        compile={"backend": "eager"},
+    )
     assert switched.denoiser_module("policy").model.is_gradient_checkpointing
     backbone = plain.backbone
     x0_w, x0_l, cond = batch_for(backbone)
@@ -174,8 +184,9 @@ def test_trainable_state_round_trip(tiny_sd15_dir, mode):
     dpo_steps(backbone, policies, steps=1)
     assert not torch.equal(policies["policy"](pair.x_t_w, pair.model_t, cond), expected)
     policies.load_trainable_state_dict("policy", copy.deepcopy(saved))
-    torch.testing.assert_close(policies["policy"](pair.x_t_w, pair.model_t, cond), expected,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        policies["policy"](pair.x_t_w, pair.model_t, cond), expected, rtol=0, atol=0
+    )
     assert all(p.requires_grad for p in policies.trainable_parameters())
 
 

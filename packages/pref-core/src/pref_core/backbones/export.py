@@ -97,8 +97,6 @@ def export_pipeline(policies: PolicySet, name: str, base: str | Path, out_dir: s
     export_denoiser(policies, name, denoiser_dir)
     model_class = type(policies.backbone.model)
     denoiser = model_class.from_pretrained(denoiser_dir)
-    pipe = pipeline_class.from_pretrained(
-        str(base), **{policies.backbone.denoiser_name: denoiser}
-    )
+    pipe = pipeline_class.from_pretrained(str(base), **{policies.backbone.denoiser_name: denoiser})
     pipe.save_pretrained(out_dir)
     return Path(out_dir)

@@ -18,11 +18,13 @@ Timesteps: the noise process is a :class:`~pref_core.schedules.FlowMatchingSched
 the model's ``FlowMatchEulerDiscreteScheduler`` config; the denoiser is called with σ·1000 and
 passes σ = timesteps/1000 to the transformer, as ``FluxPipeline`` does (the transformer multiplies
 timestep and guidance by 1000 internally). FLUX.1-dev's scheduler uses *dynamic* (resolution-
-dependent) shifting, so training timesteps need the packed sequence length::
+dependent) shifting, so training timesteps need the packed sequence length, H/2 · W/2 of the
+(B, C, H, W) latents (``Backbone.timestep_kwargs`` computes it, and is empty for other
+processes)::
 
-    seq_len = packed_sequence_length(latents)          # H/2 · W/2 of the (B, C, H, W) latents
-    t = backbone.process.sample_timesteps(B, image_seq_len=seq_len)
-    pair = noise_pair(backbone.process, z_w, z_l, image_seq_len=seq_len)
+    pair = noise_pair(backbone.process, z_w, z_l, **backbone.timestep_kwargs(z_w))
+    # the same as image_seq_len=packed_sequence_length(z_w); or, for timesteps alone:
+    t = backbone.process.sample_timesteps(B, image_seq_len=packed_sequence_length(z_w))
 """
 
 from __future__ import annotations
@@ -363,9 +365,9 @@ def load_flux(source: str, options: LoadOptions | None = None) -> Backbone:
     :class:`~pref_core.schedules.FlowMatchingSchedule` with ``options.flow_density``.
 
     With dynamic shifting (FLUX.1-dev), pass the packed sequence length when drawing training
-    timesteps: ``backbone.process.sample_timesteps(B, image_seq_len=packed_sequence_length(z))``
-    (or ``noise_pair(..., image_seq_len=...)``): the number of packed tokens, H/2·W/2 of the
-    (B, C, H, W) latents.
+    timesteps — the number of packed tokens, H/2·W/2 of the (B, C, H, W) latents:
+    ``noise_pair(process, z_w, z_l, **backbone.timestep_kwargs(z_w))`` or
+    ``backbone.process.sample_timesteps(B, image_seq_len=packed_sequence_length(z))``.
 
     The text encoders and the VAE are frozen; the transformer keeps ``requires_grad`` as
     loaded (training modes decide what trains).

@@ -177,13 +177,18 @@ class ClassifierFreeGuidance:
     pipeline's null (see :func:`null_for_guidance`; SDXL's ``force_zeros_for_empty_prompt`` is
     respected).
 
+    On a guidance-distilled FLUX model, ``guidance`` sets the distilled-guidance value of both
+    branches: that is true CFG (:func:`TrueCFG`).
+
     Args:
         scale: s.
         denoiser: name of the denoiser to call.
+        guidance: distilled-guidance value written into both branches, or ``None``.
     """
 
     scale: float
     denoiser: str = "policy"
+    guidance: float | None = None
 
     @classmethod
     def from_diffusers_scale(cls, guidance_scale: float, denoiser: str = "policy"):
@@ -208,6 +213,9 @@ class ClassifierFreeGuidance:
         """[∅; c] stacked along the batch: (2B, ...) conditioning."""
         cond = backbone.encode(prompts)
         null = null_for_guidance(backbone, len(cond), negative_prompts)
+        if self.guidance is not None:
+            null = with_guidance_value(null, self.guidance)
+            cond = with_guidance_value(cond, self.guidance)
         return Conditioning.cat([null, cond])
 
     def __call__(
@@ -263,58 +271,26 @@ class DistilledGuidance:
         return denoisers[self.denoiser](x_t, timesteps, state)
 
 
-@dataclass(frozen=True)
-class TrueCFG:
-    """True CFG on a guidance-distilled FLUX model: ε̃ = (1 + s)·v(c) − s·v(c⁻).
+def TrueCFG(
+    scale: float, guidance: float = 1.0, denoiser: str = "policy"
+) -> ClassifierFreeGuidance:
+    """True CFG on a guidance-distilled FLUX model: ε̃ = (1 + s)·v(c; g) − s·v(c⁻; g).
 
-    Both branches go through the distilled model with the guidance id set to ``guidance``
+    Both branches go through the distilled model with its guidance input set to ``guidance``
     (``FluxPipeline`` with ``true_cfg_scale`` w = 1 + s and a ``negative_prompt``). c⁻ is the
     negative prompt, or the null of :func:`null_for_guidance` (the encoded empty prompt for
-    FLUX) when none is given. The two branches run as
-    one batched call on [c⁻; c] (diffusers makes two calls; the result is the same).
-
-    Args:
-        scale: s (diffusers' ``true_cfg_scale`` minus one; :meth:`from_diffusers_scale`).
-        guidance: the distilled-guidance value for both branches.
-        denoiser: name of the denoiser to call.
+    FLUX) when none is given. The branches run as one batched call on [c⁻; c] (diffusers makes
+    two calls; the result is the same). ``TrueCFG.from_diffusers_scale(w, guidance)`` takes
+    diffusers' ``true_cfg_scale``.
     """
+    return ClassifierFreeGuidance(float(scale), denoiser=denoiser, guidance=float(guidance))
 
-    scale: float
-    guidance: float = 1.0
-    denoiser: str = "policy"
 
-    @classmethod
-    def from_diffusers_scale(
-        cls, true_cfg_scale: float, guidance: float = 1.0, denoiser: str = "policy"
-    ):
-        """From ``FluxPipeline``'s ``true_cfg_scale`` w: s = w − 1."""
-        return cls(float(true_cfg_scale) - 1.0, guidance, denoiser)
+def _true_cfg_from_diffusers_scale(
+    true_cfg_scale: float, guidance: float = 1.0, denoiser: str = "policy"
+) -> ClassifierFreeGuidance:
+    """From ``FluxPipeline``'s ``true_cfg_scale`` w: s = w − 1."""
+    return TrueCFG(float(true_cfg_scale) - 1.0, guidance, denoiser)
 
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return (self.denoiser,)
 
-    def prepare(
-        self,
-        backbone: Backbone,
-        prompts: Sequence[str],
-        negative_prompts: Sequence[str] | None = None,
-    ) -> Conditioning:
-        """[c⁻; c], both with the guidance id set: (2B, ...) conditioning."""
-        cond = backbone.encode(prompts)
-        negative = null_for_guidance(backbone, len(cond), negative_prompts)
-        return Conditioning.cat(
-            [
-                with_guidance_value(negative, self.guidance),
-                with_guidance_value(cond, self.guidance),
-            ]
-        )
-
-    def __call__(
-        self,
-        denoisers: Mapping[str, Denoiser],
-        x_t: Tensor,
-        timesteps: Tensor,
-        state: Conditioning,
-    ) -> Tensor:
-        return _cfg_prediction(denoisers[self.denoiser], x_t, timesteps, state, self.scale)
+TrueCFG.from_diffusers_scale = _true_cfg_from_diffusers_scale

@@ -29,8 +29,9 @@ PIPELINE_KINDS = {
 }
 
 
-def read_model_index(source: str, options: LoadOptions = LoadOptions()) -> dict[str, Any]:
+def read_model_index(source: str, options: LoadOptions | None = None) -> dict[str, Any]:
     """The pipeline's ``model_index.json``, from a local directory or the Hub (or its cache)."""
+    options = options or LoadOptions()
     path = Path(source).expanduser()
     if path.exists():
         index = path / "model_index.json"
@@ -122,7 +123,9 @@ def load_backbone(
         from pref_core.backbones.toy import build_toy
 
         if denoiser is not None:
-            raise ValueError("a fresh toy backbone has no checkpoint to swap; save it and load the folder")
+            raise ValueError(
+                "a fresh toy backbone has no checkpoint to swap; save it and load the folder"
+            )
         return build_toy(kind_or_path, seed=seed).to(device=device, dtype=dtype)
 
     expected = kind_or_path if kind_or_path in DEFAULT_SOURCES else None

@@ -185,8 +185,9 @@ class PolicySet:
             raise ValueError(
                 f"the denoiser already carries adapters {existing}; load a fresh backbone"
             )
-        targets = FLUX_LORA_TARGETS if self.backbone.denoiser_name == "transformer" \
-            else UNET_LORA_TARGETS
+        targets = (
+            FLUX_LORA_TARGETS if self.backbone.denoiser_name == "transformer" else UNET_LORA_TARGETS
+        )
         if self.autocast_dtype is not None:
             base.to(self.autocast_dtype)
         for name in self.names:
@@ -194,7 +195,8 @@ class PolicySet:
         self._tuner_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
         for name in self.names:
             params = [
-                p for pname, p in model.named_parameters()
+                p
+                for pname, p in model.named_parameters()
                 if "lora_" in pname and f".{name}." in pname
             ]
             for p in params:
