@@ -29,13 +29,10 @@ processes)::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
@@ -44,6 +41,7 @@ from diffusers import (
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
+from pref_core.backbones._hub import expand, load_denoiser_model, require_folders, weights_kwargs
 from pref_core.backbones.base import Backbone, LoadOptions, NullMode, VAECodec
 from pref_core.conditioning import Conditioning
 from pref_core.schedules import schedule_from_config
@@ -289,70 +287,20 @@ class FluxConditionEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- loading
-def _transformers_weights_kwargs(options: LoadOptions) -> dict[str, Any]:
-    """dtype/variant for transformers' ``from_pretrained``: the dtype argument is ``dtype`` from
-    transformers 4.56 on (``torch_dtype`` is deprecated there) and ``torch_dtype`` before."""
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-    return {key: options.dtype, "variant": options.variant, **options.pretrained_kwargs()}
-
-
-def _is_local(source: str) -> bool:
-    return Path(source).expanduser().exists()
-
-
+_FLUX_COMPONENTS = (
+    "transformer",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "text_encoder_2",
+    "tokenizer_2",
+    "scheduler",
+)
 _FLUX_LAYOUT = (
     "A FLUX.1 pipeline folder holds model_index.json, transformer/, vae/, text_encoder/, "
     "tokenizer/, text_encoder_2/, tokenizer_2/ and scheduler/ (the Hub layout; "
     "FluxPipeline.save_pretrained writes it)"
 )
-
-
-def _require_folder(source: str, subfolder: str, what: str, layout: str = _FLUX_LAYOUT) -> None:
-    """For local pipelines, name the missing component folder instead of a deep traceback."""
-    if _is_local(source):
-        folder = Path(source).expanduser() / subfolder
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{source} has no {subfolder}/ folder ({what}). {layout}")
-
-
-def _load_denoiser_model(
-    cls: Any, source: str, subfolder: str, options: LoadOptions, layout: str = _FLUX_LAYOUT
-) -> nn.Module:
-    """The pipeline's own denoiser network (``source``/``subfolder``), or the one in
-    ``options.denoiser``: its ``options.denoiser_subfolder``, else ``subfolder``, else its root.
-
-    A separate denoiser checkpoint is read in ``options.variant`` when it has that variant and
-    in its plain weights otherwise (cast to ``options.dtype`` either way).
-    """
-    kwargs = dict(torch_dtype=options.dtype, **options.pretrained_kwargs())
-    if options.denoiser is None:
-        _require_folder(source, subfolder, f"the {cls.__name__}", layout)
-        return cls.from_pretrained(source, subfolder=subfolder, variant=options.variant, **kwargs)
-    other = options.denoiser
-    candidates = (
-        [options.denoiser_subfolder] if options.denoiser_subfolder is not None else []
-    ) + [subfolder, None]
-    variants = [options.variant] + ([None] if options.variant is not None else [])
-    errors = []
-    for candidate in candidates:
-        if _is_local(other):
-            config = Path(other).expanduser() / (candidate or "") / "config.json"
-            if not config.is_file():
-                errors.append(f"{config} not found")
-                continue
-        for variant in variants:
-            try:
-                return cls.from_pretrained(other, subfolder=candidate, variant=variant, **kwargs)
-            except (OSError, ValueError) as exc:
-                errors.append(
-                    f"subfolder {candidate!r}, variant {variant!r}: {type(exc).__name__}: {exc}"
-                )
-    raise FileNotFoundError(
-        f"no {cls.__name__} found in denoiser checkpoint {other!r} (tried subfolders "
-        f"{', '.join(repr(c) for c in candidates)}); pass denoiser_subfolder. Details: "
-        + "; ".join(errors)
-    )
 
 
 def load_flux(source: str, options: LoadOptions | None = None) -> Backbone:
@@ -372,24 +320,18 @@ def load_flux(source: str, options: LoadOptions | None = None) -> Backbone:
     The text encoders and the VAE are frozen; the transformer keeps ``requires_grad`` as
     loaded (training modes decide what trains).
     """
-    source = os.fspath(source)
+    source = expand(source)
     options = LoadOptions() if options is None else options
     common = dict(**options.pretrained_kwargs())
-    transformer = _load_denoiser_model(FluxTransformer2DModel, source, "transformer", options)
-
-    _require_folder(source, "vae", "the AutoencoderKL")
-    vae = AutoencoderKL.from_pretrained(
-        source, subfolder="vae", torch_dtype=options.dtype, variant=options.variant, **common
+    needed = [c for c in _FLUX_COMPONENTS if not (c == "transformer" and options.denoiser)]
+    require_folders(source, needed, _FLUX_LAYOUT)
+    transformer = load_denoiser_model(
+        FluxTransformer2DModel, source, "transformer", options, layout_hint=_FLUX_LAYOUT
     )
-    for subfolder, what in (
-        ("text_encoder", "the CLIP text encoder"),
-        ("tokenizer", "the CLIP tokenizer"),
-        ("text_encoder_2", "the T5 encoder"),
-        ("tokenizer_2", "the T5 tokenizer"),
-        ("scheduler", "the FlowMatchEulerDiscreteScheduler config"),
-    ):
-        _require_folder(source, subfolder, what)
-    weights = _transformers_weights_kwargs(options)
+    vae = AutoencoderKL.from_pretrained(
+        source, subfolder="vae", **weights_kwargs(options, transformers_model=False)
+    )
+    weights = weights_kwargs(options, transformers_model=True)
     clip = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
     t5 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", **weights)
     clip_tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)

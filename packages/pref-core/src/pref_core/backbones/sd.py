@@ -20,11 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from pref_core.backbones._hub import (
+    expand,
+    load_component,
+    load_denoiser_model,
+    require_folders,
+    weights_kwargs,
+)
 from pref_core.backbones.base import Backbone, LoadOptions, NullMode, VAECodec
 from pref_core.conditioning import Conditioning
 from pref_core.schedules import schedule_from_config
@@ -374,106 +380,29 @@ class SDXLConditionEncoder(_FrozenTextEncoders):
 
 
 # --------------------------------------------------------------------------- loading
-def _transformers_dtype_kwarg() -> str:
-    """transformers ≥ 4.56 names the weights dtype ``dtype`` (``torch_dtype`` is deprecated)."""
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
-def _expand(source: str | os.PathLike[str]) -> str:
-    """``~/models/sd`` → an absolute path; hub ids pass through."""
-    source = os.fspath(source)
-    return os.path.expanduser(source) if source.startswith("~") else source
-
-
-def _looks_like_path(source: str) -> bool:
+def _layout_hint(pipeline_class: str, components: Sequence[str]) -> str:
     return (
-        os.path.isabs(source)
-        or source.startswith((".", "~"))
-        or source.count("/") > 1
-        or os.path.exists(source)
+        f"A {pipeline_class} checkpoint in the diffusers hub layout holds model_index.json and "
+        f"the folders {', '.join(c + '/' for c in components)} (write one with "
+        f"{pipeline_class}.save_pretrained(directory))"
     )
 
 
-def _check_layout(source: str, components: Sequence[str], pipeline_class: str) -> None:
-    """For a local directory, fail early, naming the missing component folders."""
-    if not os.path.isdir(source):
-        if _looks_like_path(source):
-            raise FileNotFoundError(
-                f"{source!r} is not a directory; pass a directory in the diffusers hub layout "
-                "or a hub id such as 'stabilityai/stable-diffusion-xl-base-1.0'"
-            )
-        return  # a hub id: from_pretrained resolves it (and reports what is missing)
-    root = Path(source)
-    missing = [name for name in components if not (root / name).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"{source} has no {', '.join(repr(m + '/') for m in missing)} folder; a "
-            f"{pipeline_class} checkpoint in the diffusers hub layout needs model_index.json "
-            f"and the folders {', '.join(c + '/' for c in components)} (write one with "
-            f"{pipeline_class}.save_pretrained(directory))"
-        )
-
-
-def _component_error(source: str, name: str, pipeline_class: str, error: Exception) -> OSError:
-    return OSError(
-        f"could not load the {name!r} component of {source!r}: {error}. A {pipeline_class} "
-        f"checkpoint needs a {name}/ folder in the diffusers hub layout"
-    )
+_LAYOUTS = {
+    "StableDiffusionPipeline": _layout_hint("StableDiffusionPipeline", _SD15_COMPONENTS),
+    "StableDiffusionXLPipeline": _layout_hint("StableDiffusionXLPipeline", _SDXL_COMPONENTS),
+}
 
 
 def _load_component(loader: Any, source: str, name: str, pipeline_class: str, **kwargs: Any):
-    try:
-        return loader(source, subfolder=name, **kwargs)
-    except OSError as error:
-        raise _component_error(source, name, pipeline_class, error) from error
-
-
-def _weights_kwargs(options: LoadOptions, *, transformers_model: bool) -> dict[str, Any]:
-    key = _transformers_dtype_kwarg() if transformers_model else "torch_dtype"
-    kwargs: dict[str, Any] = {key: options.dtype, **options.pretrained_kwargs()}
-    if options.variant is not None:
-        kwargs["variant"] = options.variant
-    return kwargs
+    return load_component(loader, source, name, _LAYOUTS[pipeline_class], **kwargs)
 
 
 def _load_unet(source: str, options: LoadOptions, pipeline_class: str) -> UNet2DConditionModel:
-    """The pipeline's UNet, or ``options.denoiser``'s (subfolder ``denoiser_subfolder``, else
-    ``unet/``, else the root). A separate denoiser checkpoint is read in ``options.variant``
-    when it has that variant and in its plain weights otherwise (cast to ``options.dtype``)."""
-    kwargs = _weights_kwargs(options, transformers_model=False)
-    if options.denoiser is None:
-        return _load_component(
-            UNet2DConditionModel.from_pretrained, source, "unet", pipeline_class, **kwargs
-        )
-    repo = options.denoiser
-    if options.denoiser_subfolder is not None:
-        subfolders: list[str | None] = [options.denoiser_subfolder or None]
-    else:
-        subfolders = ["unet", None]
-    if os.path.isdir(repo):
-        subfolders = [s for s in subfolders if (Path(repo) / (s or "") / "config.json").is_file()]
-        if not subfolders:
-            raise FileNotFoundError(
-                f"no UNet config.json in {repo!r} "
-                + (
-                    f"under {options.denoiser_subfolder!r}"
-                    if options.denoiser_subfolder
-                    else "under unet/ or at its root"
-                )
-                + "; save the UNet with unet.save_pretrained(directory)"
-            )
-    attempts = [dict(kwargs)]
-    if "variant" in kwargs:
-        attempts.append({k: v for k, v in kwargs.items() if k != "variant"})
-    errors = []
-    for subfolder in subfolders:
-        for attempt in attempts:
-            try:
-                return UNet2DConditionModel.from_pretrained(repo, subfolder=subfolder, **attempt)
-            except OSError as error:
-                errors.append(f"subfolder={subfolder!r}, variant={attempt.get('variant')}: {error}")
-    raise OSError(f"could not load a UNet from denoiser {repo!r}:\n  " + "\n  ".join(errors))
+    """The pipeline's UNet, or ``options.denoiser``'s (see :func:`load_denoiser_model`)."""
+    return load_denoiser_model(
+        UNet2DConditionModel, source, "unet", options, layout_hint=_LAYOUTS[pipeline_class]
+    )
 
 
 def _scheduler_config(source: str, options: LoadOptions, pipeline_class: str) -> dict[str, Any]:
@@ -500,7 +429,7 @@ def _load_vae(source: str, options: LoadOptions, pipeline_class: str) -> Autoenc
         source,
         "vae",
         pipeline_class,
-        **_weights_kwargs(options, transformers_model=False),
+        **weights_kwargs(options, transformers_model=False),
     )
     vae.requires_grad_(False)
     vae.eval()
@@ -561,9 +490,9 @@ def load_sd15(source: str, options: LoadOptions | None = None) -> Backbone:
     """
     options = options or LoadOptions()
     pipeline_class = "StableDiffusionPipeline"
-    source = _expand(source)
+    source = expand(source)
     needed = [c for c in _SD15_COMPONENTS if not (c == "unet" and options.denoiser)]
-    _check_layout(source, needed, pipeline_class)
+    require_folders(source, needed, _LAYOUTS[pipeline_class])
     scheduler_config = _scheduler_config(source, options, pipeline_class)
     unet = _load_unet(source, options, pipeline_class)
     if _is_sdxl_unet(unet):
@@ -577,7 +506,7 @@ def load_sd15(source: str, options: LoadOptions | None = None) -> Backbone:
         source,
         "text_encoder",
         pipeline_class,
-        **_weights_kwargs(options, transformers_model=True),
+        **weights_kwargs(options, transformers_model=True),
     )
     tokenizer = _load_component(
         CLIPTokenizer.from_pretrained,
@@ -620,9 +549,9 @@ def load_sdxl(source: str, options: LoadOptions | None = None) -> Backbone:
     """
     options = options or LoadOptions()
     pipeline_class = "StableDiffusionXLPipeline"
-    source = _expand(source)
+    source = expand(source)
     needed = [c for c in _SDXL_COMPONENTS if not (c == "unet" and options.denoiser)]
-    _check_layout(source, needed, pipeline_class)
+    require_folders(source, needed, _LAYOUTS[pipeline_class])
     scheduler_config = _scheduler_config(source, options, pipeline_class)
     pipeline_config = _pipeline_config(source, options)
     unet = _load_unet(source, options, pipeline_class)
@@ -632,7 +561,7 @@ def load_sdxl(source: str, options: LoadOptions | None = None) -> Backbone:
             "(addition_embed_type is not 'text_time'); load SD 1.5/2.x UNets with load_sd15"
         )
     vae = _load_vae(source, options, pipeline_class)
-    weights = _weights_kwargs(options, transformers_model=True)
+    weights = weights_kwargs(options, transformers_model=True)
     text_encoder = _load_component(
         CLIPTextModel.from_pretrained, source, "text_encoder", pipeline_class, **weights
     )

@@ -19,14 +19,11 @@ import json
 import math
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path
 
-import torch
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
@@ -35,7 +32,8 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import Unigram
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
-from pref_core.backbones.tiny_sd import DEFAULT_CORPUS, make_clip_tokenizer
+from pref_core.backbones._hub import seeded
+from pref_core.backbones.tiny_sd import DEFAULT_CORPUS, _tiny_vae, make_clip_tokenizer
 
 __all__ = [
     "FLUX_DEV_SCHEDULER",
@@ -67,14 +65,6 @@ _CHARACTER_SCORE = -20.0
 _TEXT_WIDTH = 32
 _LATENT_CHANNELS = 4
 _T5_LENGTH = 32
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator for the block without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def make_t5_tokenizer(
@@ -156,7 +146,7 @@ def tiny_flux_transformer(
     A different ``seed`` gives the same architecture with other weights, e.g. to save with
     ``transformer.save_pretrained(dir)`` and load through ``LoadOptions(denoiser=dir)``.
     """
-    with _seeded(seed):
+    with seeded(seed):
         return FluxTransformer2DModel(
             patch_size=1,
             in_channels=4 * _LATENT_CHANNELS,
@@ -168,26 +158,6 @@ def tiny_flux_transformer(
             pooled_projection_dim=text_width,
             guidance_embeds=guidance_embeds,
             axes_dims_rope=(4, 6, 6),
-        )
-
-
-def _tiny_vae(*, seed: int) -> AutoencoderKL:
-    """A 2× AutoencoderKL with 4 latent channels and FLUX.1's shift/scale and conv layout."""
-    with _seeded(seed):
-        return AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            latent_channels=_LATENT_CHANNELS,
-            norm_num_groups=32,
-            sample_size=32,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
         )
 
 
@@ -205,7 +175,7 @@ def build_tiny_flux(
     with tempfile.TemporaryDirectory() as tmp:
         clip_tokenizer = make_clip_tokenizer(Path(tmp) / "tokenizer")
         t5_tokenizer = make_t5_tokenizer(Path(tmp) / "tokenizer_2")
-    with _seeded(seed + 1):
+    with seeded(seed + 1):
         clip = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(clip_tokenizer),
@@ -221,7 +191,7 @@ def build_tiny_flux(
                 pad_token_id=clip_tokenizer.pad_token_id,
             )
         )
-    with _seeded(seed + 3):
+    with seeded(seed + 3):
         t5 = T5EncoderModel(
             T5Config(
                 vocab_size=len(t5_tokenizer),
@@ -242,7 +212,7 @@ def build_tiny_flux(
         )
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
-        vae=_tiny_vae(seed=seed + 2),
+        vae=_tiny_vae(seed=seed + 2, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False),
         text_encoder=clip,
         tokenizer=clip_tokenizer,
         text_encoder_2=t5,

@@ -23,12 +23,10 @@ import itertools
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path
 
-import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -39,6 +37,8 @@ from diffusers import (
 )
 from tokenizers import Regex, normalizers, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from pref_core.backbones._hub import seeded
 
 __all__ = [
     "DEFAULT_CORPUS",
@@ -86,14 +86,6 @@ _CLIP_SPLIT = (
 
 # SD 1.5 / SDXL training noise schedule ("scaled_linear", β from 0.00085 to 0.012).
 _SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator for the block without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -262,8 +254,16 @@ def _text_config(
     )
 
 
-def _tiny_vae(*, seed: int, scaling_factor: float) -> AutoencoderKL:
-    with _seeded(seed):
+def _tiny_vae(
+    *,
+    seed: int,
+    scaling_factor: float,
+    shift_factor: float | None = None,
+    quant_conv: bool = True,
+) -> AutoencoderKL:
+    """A 2× AutoencoderKL with 4 latent channels (also the tiny FLUX VAE: FLUX.1's shift and
+    scale, no quant convs)."""
+    with seeded(seed):
         return AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -275,6 +275,9 @@ def _tiny_vae(*, seed: int, scaling_factor: float) -> AutoencoderKL:
             norm_num_groups=32,
             sample_size=32,
             scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+            use_quant_conv=quant_conv,
+            use_post_quant_conv=quant_conv,
         )
 
 
@@ -284,7 +287,7 @@ def tiny_sd15_unet(*, seed: int = 0, cross_attention_dim: int = 32) -> UNet2DCon
     A different ``seed`` gives a UNet with the same architecture and other weights, e.g. to
     save with ``unet.save_pretrained(dir)`` and load through ``LoadOptions(denoiser=dir)``.
     """
-    with _seeded(seed):
+    with seeded(seed):
         return UNet2DConditionModel(
             sample_size=16,
             in_channels=4,
@@ -312,7 +315,7 @@ def tiny_sdxl_unet(
     size/crop ids of ``addition_time_embed_dim`` each, as in SDXL.
     """
     addition_time_embed_dim = 8
-    with _seeded(seed):
+    with seeded(seed):
         return UNet2DConditionModel(
             sample_size=16,
             in_channels=4,
@@ -358,7 +361,7 @@ def build_tiny_sd15(
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_dir = Path(tmp) / "tokenizer"
         tokenizer = make_clip_tokenizer(tokenizer_dir)
-        with _seeded(seed + 1):
+        with seeded(seed + 1):
             text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_size=32, projection_dim=32))
         pipe = StableDiffusionPipeline(
             vae=_tiny_vae(seed=seed + 2, scaling_factor=0.18215),
@@ -400,9 +403,9 @@ def build_tiny_sdxl(
         dirs = {"tokenizer": Path(tmp) / "tokenizer", "tokenizer_2": Path(tmp) / "tokenizer_2"}
         tokenizer = make_clip_tokenizer(dirs["tokenizer"])
         tokenizer_2 = make_clip_tokenizer(dirs["tokenizer_2"], pad_token="!")
-        with _seeded(seed + 1):
+        with seeded(seed + 1):
             text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_size=32, projection_dim=32))
-        with _seeded(seed + 3):
+        with seeded(seed + 3):
             text_encoder_2 = CLIPTextModelWithProjection(
                 _text_config(tokenizer_2, hidden_size=48, projection_dim=24)
             )

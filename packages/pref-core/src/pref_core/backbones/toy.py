@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import diffusers
-import torch
 from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
@@ -54,14 +52,16 @@ from transformers import (
     T5EncoderModel,
 )
 
-from pref_core.backbones.base import Backbone, IdentityCodec, LoadOptions
-from pref_core.backbones.flux import (
-    FluxConditionEncoder,
-    FluxDenoiser,
-    _load_denoiser_model,
-    _require_folder,
-    _transformers_weights_kwargs,
+from pref_core.backbones._hub import (
+    expand,
+    is_local,
+    load_denoiser_model,
+    require_folders,
+    seeded,
+    weights_kwargs,
 )
+from pref_core.backbones.base import Backbone, IdentityCodec, LoadOptions
+from pref_core.backbones.flux import FluxConditionEncoder, FluxDenoiser
 from pref_core.backbones.sd import CLIPConditionEncoder, UNetDenoiser
 from pref_core.schedules import schedule_from_config
 
@@ -118,14 +118,6 @@ def _read_vocabulary() -> tuple[str, ...]:
 
 
 DEFAULT_VOCABULARY: tuple[str, ...] = _read_vocabulary()
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator for the block without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 # ---------------------------------------------------------------------------------- tokenizer
@@ -263,17 +255,17 @@ def build_toy(
         raise ValueError(f"toy-flux packs 2×2 pixel patches; image_size must be even: {size}")
     max_length = int(config["max_length"])
     tokenizer = make_word_tokenizer(vocabulary, max_length=max_length)
-    with _seeded(seed + 1):
+    with seeded(seed + 1):
         clip = CLIPTextModel(_clip_config(config["text_encoder"], tokenizer))
     if kind == "toy":
-        with _seeded(seed):
+        with seeded(seed):
             model: nn.Module = UNet2DConditionModel(sample_size=size, **config["denoiser"])
         tokenizers, encoders = [tokenizer], [clip]
     else:
         tokenizer_2 = make_word_tokenizer(vocabulary, max_length=max_length)
-        with _seeded(seed + 2):
+        with seeded(seed + 2):
             t5 = T5EncoderModel(_t5_config(config["text_encoder_2"], tokenizer_2))
-        with _seeded(seed):
+        with seeded(seed):
             model = FluxTransformer2DModel(**config["denoiser"])
         tokenizers, encoders = [tokenizer, tokenizer_2], [clip, t5]
     return _assemble(kind, model, tokenizers, encoders, config["scheduler"], (size, size), None)
@@ -347,10 +339,10 @@ def load_toy(source: str | os.PathLike[str], options: LoadOptions | None = None)
     families (dtype, device, variant, ``denoiser`` swap; ``flow_density`` for ``"toy-flux"``).
     The text encoders are frozen.
     """
-    source = os.fspath(source)
+    source = expand(source)
     options = LoadOptions() if options is None else options
     common = options.pretrained_kwargs()
-    if Path(source).expanduser().exists() and not (Path(source) / "model_index.json").is_file():
+    if is_local(source) and not (Path(source) / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{source} has no model_index.json; point at a folder written by save_toy"
         )
@@ -365,11 +357,12 @@ def load_toy(source: str | os.PathLike[str], options: LoadOptions | None = None)
     names = ["text_encoder", "tokenizer"] + (
         ["text_encoder_2", "tokenizer_2"] if kind == "toy-flux" else []
     )
-    for name in [*names, "scheduler"]:
-        _require_folder(source, name, f"the {name} component", _TOY_LAYOUT)
+    require_folders(source, [*names, "scheduler"], _TOY_LAYOUT)
     model_cls = UNet2DConditionModel if kind == "toy" else FluxTransformer2DModel
-    model = _load_denoiser_model(model_cls, source, config["denoiser_name"], options, _TOY_LAYOUT)
-    encoder_kwargs = _transformers_weights_kwargs(options)
+    model = load_denoiser_model(
+        model_cls, source, config["denoiser_name"], options, layout_hint=_TOY_LAYOUT
+    )
+    encoder_kwargs = weights_kwargs(options, transformers_model=True)
     tokenizers = [PreTrainedTokenizerFast.from_pretrained(source, subfolder="tokenizer", **common)]
     text_encoders: list[nn.Module] = [
         CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **encoder_kwargs)
