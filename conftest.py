@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
+import sys
 
 import pytest
+
+
+def _enable_triton_interpreter() -> None:
+    """Run Triton kernels in Triton's CPU interpreter on machines without CUDA.
+
+    Triton fixes interpreter mode when it is first imported, and diffusers (imported by the
+    backbone tests, which are collected before the kernel tests) imports it. This conftest is
+    loaded before any test module, so the variable is set in time. A value the caller set wins.
+    """
+    if "TRITON_INTERPRET" in os.environ or "triton" in sys.modules:
+        return
+    if importlib.util.find_spec("triton") is None or _cuda_available():
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 @functools.cache
@@ -23,3 +40,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+_enable_triton_interpreter()

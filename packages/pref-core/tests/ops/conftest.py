@@ -17,6 +17,9 @@ import os
 import pytest
 import torch
 
+# The repository's root conftest.py sets TRITON_INTERPRET=1 before any test module (and with it
+# diffusers, which imports triton) is collected; setting it here as well covers running these
+# tests from outside the repository's pytest configuration.
 if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -55,7 +58,8 @@ def _triton_device() -> torch.device:
     if torch.cuda.is_available():
         resolve_backend("triton", torch.empty(0, device="cuda"))  # raises on a mode conflict
         return torch.device("cuda")
-    pytest.skip(
+    # triton is installed but unusable here: a configuration error, never a quiet skip.
+    pytest.fail(
         "triton was imported without TRITON_INTERPRET=1 and there is no GPU; run the tests "
         "with TRITON_INTERPRET=1 set before triton is imported"
     )
