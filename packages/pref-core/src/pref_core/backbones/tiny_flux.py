@@ -30,10 +30,15 @@ from diffusers import (
 )
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
+from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
 from pref_core.backbones._hub import seeded
-from pref_core.backbones.tiny_sd import DEFAULT_CORPUS, _tiny_vae, make_clip_tokenizer
+from pref_core.backbones.tiny_sd import (
+    DEFAULT_CORPUS,
+    make_clip_tokenizer,
+    tiny_clip_config,
+    tiny_vae,
+)
 
 __all__ = [
     "FLUX_DEV_SCHEDULER",
@@ -177,19 +182,7 @@ def build_tiny_flux(
         t5_tokenizer = make_t5_tokenizer(Path(tmp) / "tokenizer_2")
     with seeded(seed + 1):
         clip = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(clip_tokenizer),
-                hidden_size=_TEXT_WIDTH,
-                intermediate_size=37,
-                projection_dim=_TEXT_WIDTH,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=clip_tokenizer.model_max_length,
-                hidden_act="quick_gelu",
-                bos_token_id=clip_tokenizer.bos_token_id,
-                eos_token_id=clip_tokenizer.eos_token_id,
-                pad_token_id=clip_tokenizer.pad_token_id,
-            )
+            tiny_clip_config(clip_tokenizer, hidden_size=_TEXT_WIDTH, projection_dim=_TEXT_WIDTH)
         )
     with seeded(seed + 3):
         t5 = T5EncoderModel(
@@ -212,7 +205,7 @@ def build_tiny_flux(
         )
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
-        vae=_tiny_vae(seed=seed + 2, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False),
+        vae=tiny_vae(seed=seed + 2, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False),
         text_encoder=clip,
         tokenizer=clip_tokenizer,
         text_encoder_2=t5,

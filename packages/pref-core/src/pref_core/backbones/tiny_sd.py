@@ -234,7 +234,7 @@ def make_clip_tokenizer(
     return CLIPTokenizer.from_pretrained(str(directory))
 
 
-def _text_config(
+def tiny_clip_config(
     tokenizer: CLIPTokenizer, *, hidden_size: int, projection_dim: int
 ) -> CLIPTextConfig:
     """A 2-layer CLIP text encoder sized to ``tokenizer`` (vocabulary, special ids, length)."""
@@ -254,7 +254,7 @@ def _text_config(
     )
 
 
-def _tiny_vae(
+def tiny_vae(
     *,
     seed: int,
     scaling_factor: float,
@@ -362,9 +362,11 @@ def build_tiny_sd15(
         tokenizer_dir = Path(tmp) / "tokenizer"
         tokenizer = make_clip_tokenizer(tokenizer_dir)
         with seeded(seed + 1):
-            text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_size=32, projection_dim=32))
+            text_encoder = CLIPTextModel(
+                tiny_clip_config(tokenizer, hidden_size=32, projection_dim=32)
+            )
         pipe = StableDiffusionPipeline(
-            vae=_tiny_vae(seed=seed + 2, scaling_factor=0.18215),
+            vae=tiny_vae(seed=seed + 2, scaling_factor=0.18215),
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             unet=tiny_sd15_unet(seed=seed, cross_attention_dim=32),
@@ -404,13 +406,15 @@ def build_tiny_sdxl(
         tokenizer = make_clip_tokenizer(dirs["tokenizer"])
         tokenizer_2 = make_clip_tokenizer(dirs["tokenizer_2"], pad_token="!")
         with seeded(seed + 1):
-            text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_size=32, projection_dim=32))
+            text_encoder = CLIPTextModel(
+                tiny_clip_config(tokenizer, hidden_size=32, projection_dim=32)
+            )
         with seeded(seed + 3):
             text_encoder_2 = CLIPTextModelWithProjection(
-                _text_config(tokenizer_2, hidden_size=48, projection_dim=24)
+                tiny_clip_config(tokenizer_2, hidden_size=48, projection_dim=24)
             )
         pipe = StableDiffusionXLPipeline(
-            vae=_tiny_vae(seed=seed + 2, scaling_factor=0.13025),
+            vae=tiny_vae(seed=seed + 2, scaling_factor=0.13025),
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
             tokenizer=tokenizer,
