@@ -68,3 +68,45 @@ def test_predict_pair_runs_reference_without_grad():
     assert preds.policy_w.requires_grad and not preds.reference_w.requires_grad
     torch.testing.assert_close(preds.policy_l, policy(pair.x_t_l, pair.model_t_loser, cond))
     torch.testing.assert_close(preds.reference_w, reference(pair.x_t_w, pair.model_t, cond))
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_per_sample_generators_make_pairs_independent_of_the_batch_split(share):
+    """With one generator per pair, pairs 0-1 and 2-3 drawn as two batches equal the four drawn
+    as one batch (what lets 2 processes × 2 pairs match 1 process × 4 pairs)."""
+    schedule = DDPMSchedule.scaled_linear()
+    x0_w, x0_l = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+
+    def gens(indices):
+        return [torch.Generator().manual_seed(1000 + i) for i in indices]
+
+    whole = noise_pair(
+        schedule, x0_w, x0_l, generator=gens(range(4)), share_noise=share, share_timestep=share
+    )
+    parts = [
+        noise_pair(
+            schedule,
+            x0_w[s],
+            x0_l[s],
+            generator=gens(range(4)[s]),
+            share_noise=share,
+            share_timestep=share,
+        )
+        for s in (slice(0, 2), slice(2, 4))
+    ]
+    for name in ("t", "t_loser", "x_t_w", "x_t_l", "target_w", "target_l", "noise_w", "noise_l"):
+        joined = torch.cat([getattr(p, name) for p in parts])
+        assert torch.equal(getattr(whole, name), joined), name
+    if not share:
+        return
+    # Pair i's noise is exactly generator i's first draw after its timestep draw.
+    g = torch.Generator().manual_seed(1002)
+    t2 = schedule.sample_timesteps(1, generator=g)
+    assert torch.equal(whole.t[2:3], t2)
+    assert torch.equal(whole.noise_w[2:3], torch.randn(1, 3, 5, 5, generator=g))
+
+
+def test_per_sample_generators_must_match_the_batch():
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="one per sample"):
+        noise_pair(DDPMSchedule.scaled_linear(), x, x, generator=[torch.Generator()] * 2)

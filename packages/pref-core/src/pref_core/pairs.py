@@ -8,6 +8,7 @@ winner and the loser; the denoisers' outputs on those inputs are gathered in a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,44 @@ class PairPredictions:
         return PairPredictions(self.policy_l, self.policy_w, self.reference_l, self.reference_w)
 
 
+def _per_sample(
+    generator: torch.Generator | Sequence[torch.Generator] | None, batch: int
+) -> list[torch.Generator] | None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    generators = list(generator)
+    if len(generators) != batch:
+        raise ValueError(
+            f"got {len(generators)} generators for a batch of {batch}; pass one per sample"
+        )
+    return generators
+
+
+def draw_noise_like(
+    x: Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn in float32 on the generator's device.
+
+    With a sequence of generators (one per sample), sample i comes from generator i alone.
+    """
+    generators = _per_sample(generator, x.shape[0])
+    if generators is None:
+        noise = torch.randn(
+            x.shape,
+            generator=generator,
+            dtype=torch.float32,
+            device=generator.device if generator is not None else x.device,
+        )
+    else:
+        noise = torch.cat(
+            [
+                torch.randn((1, *x.shape[1:]), generator=g, dtype=torch.float32, device=g.device)
+                for g in generators
+            ]
+        )
+    return noise.to(device=x.device, dtype=x.dtype)
+
+
 def noise_pair(
     process: NoiseProcess,
     x0_w: Tensor,
@@ -92,7 +131,7 @@ def noise_pair(
     *,
     share_noise: bool = True,
     share_timestep: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     backend: str | None = None,
     **timestep_kwargs,
 ) -> NoisedPair:
@@ -105,7 +144,10 @@ def noise_pair(
     Args:
         process: a :class:`~pref_core.protocols.NoiseProcess` (DDPM schedule or flow).
         x0_w, x0_l: clean winner/loser latents, (B, ...).
-        generator: drives every random draw, for reproducibility.
+        generator: drives every random draw, for reproducibility. A sequence of B generators
+            draws pair i's timestep and noise from generator i alone, so a pair's corruption
+            does not depend on the batch it lands in — how the trainer makes one process and
+            several processes sharing the same global batch compute the same step.
         backend: kernel backend for :func:`pref_core.ops.noise_and_target`.
         timestep_kwargs: passed to ``process.sample_timesteps`` (e.g. ``image_seq_len``).
     """
@@ -114,18 +156,22 @@ def noise_pair(
     batch = x0_w.shape[0]
     device = x0_w.device
 
+    generators = _per_sample(generator, batch)
+
     def draw_t() -> Tensor:
-        return process.sample_timesteps(
-            batch, generator=generator, device=device, **timestep_kwargs
+        if generators is None:
+            return process.sample_timesteps(
+                batch, generator=generator, device=device, **timestep_kwargs
+            )
+        return torch.cat(
+            [
+                process.sample_timesteps(1, generator=g, device=device, **timestep_kwargs)
+                for g in generators
+            ]
         )
 
     def draw_noise() -> Tensor:
-        return torch.randn(
-            x0_w.shape,
-            generator=generator,
-            dtype=torch.float32,
-            device=generator.device if generator is not None else device,
-        ).to(device=device, dtype=x0_w.dtype)
+        return draw_noise_like(x0_w, generator)
 
     t_w = draw_t()
     t_l = t_w if share_timestep else draw_t()
