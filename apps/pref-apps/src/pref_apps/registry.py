@@ -33,8 +33,10 @@ class PlannedProvider:
 # unknown name can be answered with "install X" rather than a bare "not found".
 PLANNED_RECIPES: tuple[PlannedProvider, ...] = (
     PlannedProvider(
-        "dpo-", "pref-apps", "the Diffusion-DPO baseline, whose recipes arrive with the trainer"
+        "dpo-", "pref-apps", "the Diffusion-DPO baseline"
     ),
+    PlannedProvider("toy-", "pref-apps", "the toy world's base models"),
+    PlannedProvider("sft-", "pref-apps", "the supervised fine-tuning baseline"),
     PlannedProvider("chats-", "pref-chats", "CHATS"),
     PlannedProvider("dspo-", "pref-dspo", "DSPO"),
     PlannedProvider("contrast-", "pref-contrast", "Diff-contrast (Diffusion-RPO)"),

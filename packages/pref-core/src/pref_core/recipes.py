@@ -1,0 +1,196 @@
+"""Recipes: what a pref package registers so that ``pref-train --recipe NAME`` can run it.
+
+A :class:`Recipe` is data — a name, a one-line description, the task it trains, the objective
+to build, the policies it needs and the configuration defaults that differ from the trainer's —
+plus, optionally, a custom training step. The trainer (``pref-apps``) owns everything else: the
+model loading, data, optimiser, accelerate, checkpoints, logging and evaluation. A method package
+therefore depends on pref-core only and registers recipes in its ``pyproject.toml``::
+
+    [project.entry-points."pref.recipes"]
+    dspo-sd15 = "pref_dspo.recipes:DSPO_SD15"
+
+Two training steps are built in and cover the common cases:
+
+- :func:`preference_step` (task ``"preference"``): noise the pair (shared t and ε by default),
+  run policy ``"policy"`` and the frozen reference on both halves, apply the objective;
+- :func:`denoising_step` (task ``"denoising"``): the plain diffusion/flow regression on single
+  images — pretraining and the supervised fine-tuning (SFT) baseline.
+
+A method whose step differs (CHATS trains two policies on different halves of the pair) passes
+its own ``step`` with the signature of :class:`TrainingStep`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from pref_core.batch import PreferenceBatch
+from pref_core.conditioning import Conditioning
+from pref_core.losses import per_sample_mse
+from pref_core.ops import noise_and_target
+from pref_core.pairs import draw_noise_like, noise_pair, predict_pair
+from pref_core.protocols import Denoiser, NoiseProcess, ObjectiveOutput, PreferenceObjective
+
+__all__ = [
+    "TASKS",
+    "DenoisingBatch",
+    "Recipe",
+    "StepContext",
+    "TrainingStep",
+    "denoising_step",
+    "preference_step",
+]
+
+TASKS = ("preference", "denoising")
+
+
+@dataclass(frozen=True)
+class DenoisingBatch:
+    """B single samples (latents) with their prompts' conditioning, for the denoising task."""
+
+    cond: Conditioning
+    x0: Tensor
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+
+@dataclass
+class StepContext:
+    """What a training step may use.
+
+    Attributes:
+        policies: the trainable policies by name, each a :class:`~pref_core.protocols.Denoiser`.
+        reference: the frozen reference denoiser (the base model).
+        process: the noise process of the model being trained.
+        objective: the recipe's objective (``None`` for the denoising task).
+        generators: one ``torch.Generator`` per sample of the batch; every random draw of the
+            step for sample i comes from generator i, which makes a step independent of how a
+            global batch is split over processes.
+        timestep_kwargs: extra arguments for ``process.sample_timesteps`` (FLUX's shift).
+        null_condition: ``null_condition(batch_size, mode)`` of the backbone ("empty"/"zeros"),
+            for steps that drop prompts.
+    """
+
+    policies: Mapping[str, Denoiser]
+    reference: Denoiser
+    process: NoiseProcess
+    objective: PreferenceObjective | None
+    generators: Sequence[torch.Generator]
+    timestep_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    null_condition: Callable[..., Conditioning] | None = None
+
+
+class TrainingStep(Protocol):
+    """Compute the loss of one micro-batch (the trainer does backward and the update)."""
+
+    def __call__(
+        self, ctx: StepContext, batch: PreferenceBatch | DenoisingBatch
+    ) -> ObjectiveOutput: ...
+
+
+def preference_step(ctx: StepContext, batch: PreferenceBatch) -> ObjectiveOutput:
+    """One step of a pair objective with a single policy (Diffusion-DPO, DSPO, Diff-contrast).
+
+    Pair i's timestep and noise come from ``ctx.generators[i]``; winner and loser share both.
+    """
+    if ctx.objective is None:
+        raise ValueError("the preference task needs an objective; the recipe defines none")
+    pair = noise_pair(
+        ctx.process,
+        batch.winner,
+        batch.loser,
+        generator=list(ctx.generators),
+        **ctx.timestep_kwargs,
+    )
+    predictions = predict_pair(ctx.policies["policy"], ctx.reference, pair, batch.cond)
+    return ctx.objective(predictions, pair, batch)
+
+
+def denoising_step(ctx: StepContext, batch: DenoisingBatch) -> ObjectiveOutput:
+    """The model's own regression (ε, v or flow velocity) on single samples: pretraining/SFT.
+
+    Loss = mean over the batch of the per-sample MSE (mean over C, H, W, in float32).
+    """
+    generators = list(ctx.generators)
+    t = torch.cat(
+        [
+            ctx.process.sample_timesteps(
+                1, generator=g, device=batch.x0.device, **ctx.timestep_kwargs
+            )
+            for g in generators
+        ]
+    )
+    noise = draw_noise_like(batch.x0, generators)
+    x_t, target = noise_and_target(batch.x0, noise, *ctx.process.coefficients(t))
+    prediction = ctx.policies["policy"](x_t, ctx.process.model_timesteps(t), batch.cond)
+    errors = per_sample_mse(prediction, target)
+    return ObjectiveOutput(
+        loss=errors.mean(),
+        metrics={"mse": errors.detach().mean()},
+        per_sample={"mse": errors.detach()},
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named training configuration that a pref package registers.
+
+    Attributes:
+        name: what users type after ``--recipe`` (``"dpo-sdxl"``); namespaced by method.
+        description: one line, shown by ``pref-train ls``.
+        task: ``"preference"`` (pairs) or ``"denoising"`` (single images).
+        objective: factory of the objective, called with the config's ``objective`` section as
+            keyword arguments (its signature defines which ``objective.*`` keys are valid);
+            ``None`` for the denoising task.
+        defaults: trainer settings that differ from the trainer's defaults, as dotted keys
+            (``{"optim.lr": 1e-8, "model.base": "stabilityai/stable-diffusion-xl-base-1.0"}``)
+            plus ``objective.*`` arguments.
+        policies: names of the trainable policies the step uses.
+        step: the training step; default :func:`preference_step` or :func:`denoising_step` by
+            task.
+        paper: where the defaults come from (shown by ``pref-train ls -v`` and the docs).
+        hardware: what a full run needs (shown likewise).
+    """
+
+    name: str
+    description: str
+    task: str = "preference"
+    objective: Callable[..., PreferenceObjective] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    policies: tuple[str, ...] = ("policy",)
+    step: TrainingStep | None = None
+    paper: str = ""
+    hardware: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(
+                f"recipe {self.name!r}: unknown task {self.task!r}; use one of {TASKS}"
+            )
+        if self.task == "preference" and self.objective is None and self.step is None:
+            raise ValueError(f"recipe {self.name!r}: a preference recipe needs an objective")
+        if not self.policies:
+            raise ValueError(f"recipe {self.name!r}: needs at least one policy name")
+
+    @property
+    def training_step(self) -> TrainingStep:
+        if self.step is not None:
+            return self.step
+        return preference_step if self.task == "preference" else denoising_step  # type: ignore[return-value]
+
+    def build_objective(self, arguments: Mapping[str, Any]) -> PreferenceObjective | None:
+        if self.objective is None:
+            if arguments:
+                raise ValueError(
+                    f"recipe {self.name!r} has no objective, so it takes no objective.* settings "
+                    f"(got {', '.join(sorted(arguments))})"
+                )
+            return None
+        return self.objective(**arguments)
