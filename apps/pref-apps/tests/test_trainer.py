@@ -13,10 +13,10 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-from pref_apps import recipes, trainer  # noqa: E402
-from pref_apps.config import ConfigError, build_config  # noqa: E402
-from pref_core.objectives import DiffusionDPO  # noqa: E402
-from pref_core.recipes import Recipe  # noqa: E402
+from pref_apps import recipes, trainer
+from pref_apps.config import ConfigError, build_config
+from pref_core.objectives import DiffusionDPO
+from pref_core.recipes import Recipe
 
 FAST = {
     "model.base": "toy",
@@ -66,14 +66,18 @@ def _interrupting(after_calls: int):
 
 def test_resume_continues_exactly(tmp_path):
     full = tmp_path / "full"
-    trainer.run_recipe(recipes.DPO_TOY, _config(recipes.DPO_TOY, full, **{"log.checkpoint_every": 3}), report=False)
+    trainer.run_recipe(
+        recipes.DPO_TOY, _config(recipes.DPO_TOY, full, **{"log.checkpoint_every": 3}), report=False
+    )
     reference = _metrics(full)
     assert [row["step"] for row in reference] == list(range(1, 7))
 
     killed = tmp_path / "killed"
     interrupted = dataclasses.replace(recipes.DPO_TOY, objective=_interrupting(after_calls=4))
     with pytest.raises(_Interrupt):
-        trainer.run_recipe(interrupted, _config(interrupted, killed, **{"log.checkpoint_every": 3}), report=False)
+        trainer.run_recipe(
+            interrupted, _config(interrupted, killed, **{"log.checkpoint_every": 3}), report=False
+        )
     assert [row["step"] for row in _metrics(killed)] == [1, 2, 3, 4]
     assert trainer.latest_checkpoint(killed).name == "step_000003"
 
@@ -84,7 +88,9 @@ def test_resume_continues_exactly(tmp_path):
     for a, b in zip(reference, resumed):
         assert a == b, (a, b)  # bit-identical on CPU: same data, noise, optimiser and LR state
     full_weights = (full / "final" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    resumed_weights = (killed / "final" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    resumed_weights = (
+        killed / "final" / "unet" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes()
     assert full_weights == resumed_weights
 
 
@@ -102,7 +108,9 @@ def test_nan_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(tmp_path
     recipe = dataclasses.replace(recipes.DPO_TOY, objective=NaNAtThirdStep)
     run = tmp_path / "run"
     with pytest.raises(trainer.TrainingDiverged) as info:
-        trainer.run_recipe(recipe, _config(recipe, run, **{"log.checkpoint_every": 2}), report=False)
+        trainer.run_recipe(
+            recipe, _config(recipe, run, **{"log.checkpoint_every": 2}), report=False
+        )
     message = str(info.value)
     assert "step 3" in message and "nan" in message
     assert "batch ids:" in message and "step_000002" in message
@@ -119,9 +127,14 @@ def test_run_directory_and_export(tmp_path):
     from pref_core.backbones import load_backbone
 
     run = tmp_path / "run"
-    trainer.run_recipe(recipes.DPO_TOY, _config(recipes.DPO_TOY, run, **{"train.steps": 2}), report=False)
+    trainer.run_recipe(
+        recipes.DPO_TOY, _config(recipes.DPO_TOY, run, **{"train.steps": 2}), report=False
+    )
     assert (run / "config.yaml").exists()
-    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000000.png", "step_000002.png"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step_000000.png",
+        "step_000002.png",
+    ]
     rows = _metrics(run)
     assert {"loss", "implicit_accuracy", "lr", "grad_norm"} <= set(rows[0])
     # Diffusion-DPO at step 1: policy == reference, so the loss is exactly log 2.
@@ -145,7 +158,9 @@ def test_data_order_is_a_pure_function_of_seed_and_step():
         assert sorted(seen[10 * epoch : 10 * (epoch + 1)]) == list(range(10))
     again = trainer.DataOrder(size=10, seed=3, global_batch=4, accum=2)
     assert again.indices(3, 1) == order.indices(3, 1)
-    assert trainer.DataOrder(size=10, seed=4, global_batch=4, accum=2).indices(0, 0) != order.indices(0, 0)
+    assert trainer.DataOrder(size=10, seed=4, global_batch=4, accum=2).indices(
+        0, 0
+    ) != order.indices(0, 0)
 
 
 def test_lr_schedules_by_hand():
@@ -154,7 +169,11 @@ def test_lr_schedules_by_hand():
     linear = trainer.lr_lambda("linear", 0, 10)
     assert linear(5) == pytest.approx(0.5)
     cosine = trainer.lr_lambda("cosine", 2, 12)
-    assert cosine(2) == pytest.approx(1.0) and cosine(7) == pytest.approx(0.5) and cosine(12) == pytest.approx(0.0)
+    assert (
+        cosine(2) == pytest.approx(1.0)
+        and cosine(7) == pytest.approx(0.5)
+        and cosine(12) == pytest.approx(0.0)
+    )
 
 
 def test_bad_settings_are_named():
@@ -172,8 +191,12 @@ def test_bad_settings_are_named():
 
 def test_resume_refuses_a_different_global_batch(tmp_path):
     run = tmp_path / "run"
-    trainer.run_recipe(recipes.DPO_TOY, _config(recipes.DPO_TOY, run, **{"train.steps": 1}), report=False)
-    config = _config(recipes.DPO_TOY, run, **{"train.steps": 2, "train.batch_size": 3, "resume": "latest"})
+    trainer.run_recipe(
+        recipes.DPO_TOY, _config(recipes.DPO_TOY, run, **{"train.steps": 1}), report=False
+    )
+    config = _config(
+        recipes.DPO_TOY, run, **{"train.steps": 2, "train.batch_size": 3, "resume": "latest"}
+    )
     with pytest.raises(trainer.ResumeError, match="global batch of 2"):
         trainer.run_recipe(recipes.DPO_TOY, config, report=False)
 
@@ -185,7 +208,13 @@ def test_toy_pretrained_base_is_trained_once_and_cached(tmp_path, monkeypatch):
         "TOY_PRETRAIN",
         dataclasses.replace(
             recipes.TOY_PRETRAIN,
-            defaults={**recipes.TOY_PRETRAIN.defaults, "train.steps": 2, "train.batch_size": 2, "data.size": 8, "log.sample_steps": 2},
+            defaults={
+                **recipes.TOY_PRETRAIN.defaults,
+                "train.steps": 2,
+                "train.batch_size": 2,
+                "data.size": 8,
+                "log.sample_steps": 2,
+            },
         ),
     )
     logs: list[str] = []
@@ -198,6 +227,6 @@ def test_toy_pretrained_base_is_trained_once_and_cached(tmp_path, monkeypatch):
 
 
 def test_per_process_seeds_do_not_depend_on_the_split():
-    a = trainer.sample_generators(0, 5, 1, [0, 1, 2, 3])
-    b = trainer.sample_generators(0, 5, 1, [2, 3])
+    a = trainer.sample_generators(0, 5, [0, 1, 2, 3])
+    b = trainer.sample_generators(0, 5, [2, 3])
     assert torch.equal(torch.randn(3, generator=a[2]), torch.randn(3, generator=b[0]))

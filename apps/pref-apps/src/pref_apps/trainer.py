@@ -69,12 +69,12 @@ def _seed_of(*parts: int) -> int:
 
 
 def sample_generators(
-    seed: int, step: int, micro: int, positions: Sequence[int], stream: int = 0
+    seed: int, step: int, positions: Sequence[int], stream: int = 0
 ) -> list[torch.Generator]:
-    """One CPU generator per sample, seeded by (seed, step, micro-batch, global position, stream)."""
-    return [
-        torch.Generator().manual_seed(_seed_of(seed, step, micro, p, stream)) for p in positions
-    ]
+    """One CPU generator per sample, seeded by (seed, step, the sample's position in the step's
+    samples, stream). Positions count across processes and micro-batches, so a step's draws do
+    not depend on how its samples are split over processes or accumulation."""
+    return [torch.Generator().manual_seed(_seed_of(seed, step, p, stream)) for p in positions]
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> Tensor:
@@ -94,6 +94,9 @@ class DataOrder:
         if epoch not in self._cache:
             self._cache = {epoch: epoch_order(self.size, self.seed, epoch)}
         return self._cache[epoch]
+
+    def epoch(self, step: int, micro: int, position: int) -> int:
+        return ((step * self.accum + micro) * self.global_batch + position) // self.size
 
     def indices(self, step: int, micro: int) -> list[int]:
         start = (step * self.accum + micro) * self.global_batch
@@ -352,16 +355,17 @@ class Trainer:
         rank = self.accelerator.process_index
         lo, hi = rank * c.train.batch_size, (rank + 1) * c.train.batch_size
         positions = list(range(lo, hi))
+        offset = micro * self.global_batch  # position within the step's samples
         items = []
         kept = []
         skipped = []
         for pos in positions:
-            item = self.data.dataset[indices[pos]]
+            item = self._item(indices[pos], step, micro, pos)
             if not isinstance(item, Mapping):  # a skipped (undecodable) item
                 skipped.append(str(getattr(item, "id", indices[pos])))
                 continue
             items.append(item)
-            kept.append(pos)
+            kept.append(offset + pos)
         if not items:
             return None, [], [], skipped
         prompts = [it["prompt"] for it in items]
@@ -406,6 +410,12 @@ class Trainer:
             skipped,
         )
 
+    def _item(self, index: int, step: int, micro: int, position: int) -> Any:
+        dataset = self.data.dataset
+        if hasattr(dataset, "set_epoch"):  # fresh random crops and flips every epoch
+            dataset.set_epoch(self.order.epoch(step, micro, position))
+        return dataset[index]
+
     def _encode_images(self, images: Tensor, generator: torch.Generator) -> Tensor:
         codec = self.backbone.codec
         dtype = (
@@ -419,7 +429,7 @@ class Trainer:
         rate = self.config.data.prompt_dropout
         if rate <= 0:
             return [False] * len(positions)
-        gens = sample_generators(self.config.train.seed, step, micro, positions, stream=1)
+        gens = sample_generators(self.config.train.seed, step, positions, stream=1)
         return [bool(torch.rand((), generator=g) < rate) for g in gens]
 
     # -------------------------------------------------------------- the loop
@@ -452,7 +462,7 @@ class Trainer:
                 self.skipped += skipped
                 if batch is None:
                     continue
-                gens = sample_generators(c.train.seed, self.step, micro, kept)
+                gens = sample_generators(c.train.seed, self.step, kept)
                 tk = self.backbone.timestep_kwargs(
                     batch.winner if isinstance(batch, PreferenceBatch) else batch.x0
                 )
