@@ -41,6 +41,9 @@ PACKAGES: dict[str, tuple[str, str, str]] = {
     "apps": ("pref-apps", "pref_apps", "apps/pref-apps"),
 }
 CORE_DIR = PACKAGES["core"][2]
+# Siblings an isolated session installs from the checkout with the package (pip would otherwise
+# look them up in the registry); every package depends on pref-core.
+LOCAL_DEPENDENCIES = {"apps": ("core", "data")}
 TEST_PATHS = [f"{path}/tests" for _, _, path in PACKAGES.values()] + ["tests"]
 CLIS = ["pref-train", "pref-sample", "pref-eval"]
 HEAVY_MODULES = ("diffusers", "transformers", "triton", "peft", "accelerate")
@@ -115,8 +118,11 @@ def _isolated(short: str) -> None:
         constraints = install_torch(session)
         # One pip command for pref-core and the package: pip then satisfies the package's
         # `pref-core>=0.1,<0.2` with the local pref-core instead of looking it up in the registry.
+        siblings = [PACKAGES[dep][2] for dep in LOCAL_DEPENDENCIES.get(short, ("core",))]
         requirements = (
-            [f"./{path}[test]"] if path == CORE_DIR else [f"./{CORE_DIR}", f"./{path}[test]"]
+            [f"./{path}[test]"]
+            if path == CORE_DIR
+            else [*(f"./{p}" for p in siblings), f"./{path}[test]"]
         )
         install(session, "-c", constraints, *requirements)
         if short == "core":
@@ -223,7 +229,7 @@ def wheels(session: nox.Session) -> None:
 
 
 # Extras the `pref` meta-package asks for (root pyproject.toml).
-META_EXTRAS = {"pref-core": "[diffusers,peft]"}
+META_EXTRAS = {"pref-core": "[diffusers,peft]", "pref-data": "[hf]"}
 
 
 def _check_meta_wheel(session: nox.Session, dist_dir: Path) -> None:

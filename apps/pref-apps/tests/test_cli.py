@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import pref_apps
-from pref_apps import evaluate, registry, sample, train
+from pref_apps import registry, train
 
 PROGRAMS = {
     "pref-train": registry.RECIPES,
@@ -48,7 +48,8 @@ def test_help(prog: str):
     result = _run(prog, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: {prog}")
-    assert PROGRAMS[prog] in result.stdout
+    if prog != "pref-sample":  # pref-sample loads models; it has no registry
+        assert PROGRAMS[prog] in result.stdout
 
 
 @pytest.mark.parametrize("prog", sorted(PROGRAMS))
@@ -66,7 +67,7 @@ def test_ls_matches_installed_registrations():
         assert "No recipes are installed" in result.stdout
     for name, reg in regs.items():
         assert any(
-            line.split() == [name, reg.distribution, reg.version]
+            line.startswith(name + " ") and line.endswith(f"[{reg.distribution} {reg.version}]")
             for line in result.stdout.splitlines()
         ), result.stdout
 
@@ -86,11 +87,10 @@ def test_unknown_recipe_without_prefix_lists_available():
 
 
 @pytest.mark.parametrize("prog", ["pref-sample", "pref-eval"])
-def test_called_without_a_name_exits_2(prog: str):
+def test_called_without_arguments_exits_2(prog: str):
     result = _run(prog)
     assert result.returncode == 2
-    if not registry.installed(PROGRAMS[prog]):
-        assert "registered yet" in result.stderr
+    assert result.stderr.strip()
 
 
 def test_ls_with_none_installed(installed_entry_points, capsys):
@@ -101,17 +101,13 @@ def test_ls_with_none_installed(installed_entry_points, capsys):
     assert "pref.recipes" in out
 
 
-@pytest.mark.parametrize(
-    ("main", "noun"),
-    [(train.main, "recipes"), (sample.main, "samplers"), (evaluate.main, "evaluators")],
-)
-def test_nothing_registered_explains_and_exits_2(installed_entry_points, capsys, main, noun):
+def test_nothing_registered_explains_and_exits_2(installed_entry_points, capsys):
     installed_entry_points([])
-    assert main([]) == 2
-    assert f"no {noun} are registered yet" in capsys.readouterr().err
+    assert train.main([]) == 2
+    assert "no recipes are registered yet" in capsys.readouterr().err
 
 
-def test_ls_lists_name_and_distribution_without_importing(
+def test_ls_lists_name_and_distribution_and_survives_broken_plugins(
     make_dists, installed_entry_points, capsys
 ):
     eps = make_dists(
@@ -120,8 +116,11 @@ def test_ls_lists_name_and_distribution_without_importing(
     )
     installed_entry_points(eps)
     assert train.main(["ls"]) == 0
-    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert lines == [["chats-toy", "fake-chats", "1.2"], ["dspo-toy", "fake-dspo", "0.3"]]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("chats-toy") and lines[0].endswith("[fake-chats 1.2]")
+    assert lines[1].startswith("dspo-toy ") and lines[1].endswith("[fake-dspo 0.3]")
+    assert "cannot be loaded" in lines[0]
 
 
 def test_dpo_prefix_points_at_the_trainer(installed_entry_points, capsys):
@@ -182,18 +181,17 @@ def test_dispatch_passes_remaining_arguments(
 def test_dispatch_accepts_equals_form_and_none_status(
     make_dists, installed_entry_points, tmp_path, monkeypatch
 ):
-    (tmp_path / "fake_sampler_module.py").write_text("def run(argv):\n    return None\n", "utf-8")
+    (tmp_path / "fake_plain_recipe.py").write_text("def run(argv):\n    return None\n", "utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     installed_entry_points(
-        make_dists(("fake-s", "0.1", "[pref.samplers]\ntoy = fake_sampler_module:run\n"))
+        make_dists(("fake-s", "0.1", "[pref.recipes]\nimg-x = fake_plain_recipe:run\n"))
     )
-    assert sample.main(["--sampler=toy", "x"]) == 0
+    assert train.main(["--recipe=img-x", "x"]) == 0
 
 
-def test_ls_and_name_together_is_a_usage_error():
-    with pytest.raises(SystemExit) as exc:
-        train.main(["ls", "--recipe", "x"])
-    assert exc.value.code == 2
+def test_ls_and_name_together_is_a_usage_error(capsys):
+    assert train.main(["ls", "--recipe", "x"]) == 2
+    assert "ls takes no --recipe" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs():

@@ -32,9 +32,7 @@ class PlannedProvider:
 # Recipe names are namespaced by method; this maps a name to the package that provides it so an
 # unknown name can be answered with "install X" rather than a bare "not found".
 PLANNED_RECIPES: tuple[PlannedProvider, ...] = (
-    PlannedProvider(
-        "dpo-", "pref-apps", "the Diffusion-DPO baseline"
-    ),
+    PlannedProvider("dpo-", "pref-apps", "the Diffusion-DPO baseline"),
     PlannedProvider("toy-", "pref-apps", "the toy world's base models"),
     PlannedProvider("sft-", "pref-apps", "the supervised fine-tuning baseline"),
     PlannedProvider("chats-", "pref-chats", "CHATS"),

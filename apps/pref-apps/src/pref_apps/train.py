@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pref_apps import __version__, registry
-from pref_apps.cli import USAGE_ERROR, Program, _unknown
+from pref_apps.cli import USAGE_ERROR, Program, _split, _unknown
 
 DEFAULT_RECIPE = "dpo-toy"
 
@@ -131,9 +131,9 @@ def _validate(recipe, config) -> list[str]:
     source = config.data.source
     if not source.startswith("toy-"):
         try:
-            import pref_data
+            from pref_apps.trainer import open_data_source
 
-            opened = pref_data.open_source(source, split=config.data.split)
+            opened = open_data_source(source, config.data.split)
             print(f"data: {opened.name}")
         except Exception as exc:
             problems.append(f"data.source {source!r}: {exc}")
@@ -154,8 +154,11 @@ def _validate(recipe, config) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    # What follows `--recipe NAME` is the recipe's: settings and --config for a Recipe, anything
+    # at all for a recipe registered as a plain command.
+    head, rest = _split(args_list, "--recipe")
     parser = _parser()
-    args = parser.parse_intermixed_args(args_list)
+    args = parser.parse_intermixed_args(head)
     positional = list(args.args)
     command = positional[0] if positional and positional[0] in ("ls", "cp", "validate") else None
     if command:
@@ -166,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _err(str(exc))
 
     if command == "ls":
+        if args.recipe or args.config or positional:
+            return _err("ls takes no --recipe, --config or settings")
         return _ls(regs, args.verbose)
 
     from pref_apps.config import ConfigError, read_config_file
@@ -186,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     name = args.recipe
+    if name is None and not regs:
+        return _err(
+            "no recipes are registered yet (entry-point group 'pref.recipes' is empty), so there "
+            "is nothing to run; install pref-apps or a pref method package"
+        )
     if name is None and args.config:
         try:
             name = read_config_file(args.config).get("recipe")
@@ -217,8 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _err(
                 f"recipe {name!r} is neither a Recipe nor callable (got {type(target).__name__})"
             )
-        result = target(positional)
+        result = target(rest)
         return 0 if result is None else int(result)
+
+    if rest:
+        more = parser.parse_intermixed_args(rest)
+        if more.recipe or (more.config and args.config):
+            return _err("give --recipe and --config once each")
+        args.config = args.config or more.config
+        positional += list(more.args)
 
     try:
         config = _config(target, args.config, positional)

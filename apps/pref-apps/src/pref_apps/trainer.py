@@ -212,7 +212,7 @@ def build_data(config: RunConfig, recipe: Recipe, backbone: Any, main: bool) -> 
         )
     import pref_data
 
-    source = pref_data.open_source(d.source, split=d.split)
+    source = open_data_source(d.source, d.split)
     transform = pref_data.PairTransform(resolution, crop=d.crop, flip_prob=d.flip_prob)
     ds = pref_data.PairDataset(source, transform, seed=d.seed)
     if recipe.task == "denoising":
@@ -242,6 +242,14 @@ def build_data(config: RunConfig, recipe: Recipe, backbone: Any, main: bool) -> 
             pref_data.open_cache(cache_dir, expected_key=key), "cached", f"cache {cache_dir}"
         )
     return TrainData(ds, "pairs", source.name)
+
+
+def open_data_source(spec: str, split: str) -> Any:
+    """``pref_data.open_source`` with the split for the readers that have splits."""
+    import pref_data
+
+    has_split = spec.split(":", 1)[0] in ("pickapic", "oip", "hpdv2")
+    return pref_data.open_source(spec, **({"split": split} if has_split else {}))
 
 
 class _Winners(torch.utils.data.Dataset):
@@ -379,7 +387,7 @@ class Trainer:
                 loser = torch.stack([it["latent_l"] for it in items]).to(device)
             else:
                 enc_prompts = ["" if d else p for p, d in zip(prompts, drop)]
-                cond = self.backbone.encode(enc_prompts)
+                cond = self.backbone.encode(enc_prompts, **self._size_conditions(items))
                 codec_gen = torch.Generator().manual_seed(
                     _seed_of(c.train.seed, step, micro, rank, 3)
                 )
@@ -409,6 +417,17 @@ class Trainer:
             ids,
             skipped,
         )
+
+    def _size_conditions(self, items: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """SDXL's micro-conditioning from the crops actually taken (original size, crop)."""
+        if self.backbone.kind != "sdxl" or not all("original_size" in it for it in items):
+            return {}
+        size = self.config.data.resolution or self.backbone.sample_size[0]
+        return {
+            "original_sizes": [tuple(it["original_size"]) for it in items],
+            "crops": [tuple(it["crop_top_left"]) for it in items],
+            "target_sizes": [(size, size)] * len(items),
+        }
 
     def _item(self, index: int, step: int, micro: int, position: int) -> Any:
         dataset = self.data.dataset
@@ -623,16 +642,10 @@ class Trainer:
             if (denoiser is not None and self.policies.mode == "full")
             else None
         )
-        kwargs = {}
-        if c.eval.guidance_scale is not None:
-            from pref_core.backbones.sampling import default_guidance
+        from pref_apps.evaluation import resolve_guidance
 
-            g = default_guidance(self.backbone)
-            kwargs["guidance"] = (
-                dataclasses.replace(g, scale=c.eval.guidance_scale)
-                if dataclasses.is_dataclass(g)
-                else g
-            )
+        # The same guidance as the evaluation (eval.guidance_scale is diffusers' w).
+        kwargs = {"guidance": resolve_guidance(self.backbone, guidance_scale=c.eval.guidance_scale)}
         if tuned is not None:
             result = sample(
                 tuned,
@@ -881,7 +894,7 @@ def evaluate_run(config: RunConfig, run_dir: Path, base_source: str) -> Any:
 
     e = config.eval
     prompts = load_prompts(e.prompts)
-    base = load_for_sampling(base_source)
+    base = load_for_sampling(base_source, seed=config.train.seed)  # a fresh toy kind: same init
     tuned = load_for_sampling(str(run_dir))
     result = compare(
         base,
@@ -891,7 +904,7 @@ def evaluate_run(config: RunConfig, run_dir: Path, base_source: str) -> Any:
         num_inference_steps=e.steps,
         guidance_scale=e.guidance_scale,
         batch_size=e.batch_size,
-        seed=e.seed,
+        seeds=e.seed,
         progress=config.log.progress,
     )
     result.save(run_dir / "eval")
