@@ -36,7 +36,10 @@ FAST = {
 
 
 def _config(recipe: Recipe, run_dir: Path, **extra):
-    config = build_config(recipe, [("test", {**FAST, **extra})])
+    settings = {**FAST, **extra}
+    if recipe.objective is None:
+        settings = {k: v for k, v in settings.items() if not k.startswith("objective.")}
+    config = build_config(recipe, [("test", settings)])
     config.log.output_dir = str(run_dir)
     return config
 
@@ -230,3 +233,57 @@ def test_per_process_seeds_do_not_depend_on_the_split():
     a = trainer.sample_generators(0, 5, [0, 1, 2, 3])
     b = trainer.sample_generators(0, 5, [2, 3])
     assert torch.equal(torch.randn(3, generator=a[2]), torch.randn(3, generator=b[0]))
+
+
+def _interrupting_step(after_calls: int):
+    from pref_core.recipes import denoising_step
+
+    calls = []
+
+    def step(ctx, batch):
+        calls.append(1)
+        if len(calls) > after_calls:
+            raise _Interrupt
+        return denoising_step(ctx, batch)
+
+    return step
+
+
+def test_pretraining_trains_the_text_encoder_and_resumes_exactly(tmp_path):
+    from pref_core.backbones import load_backbone
+
+    settings = {
+        "train.steps": 4,
+        "data.size": 16,
+        "log.checkpoint_every": 2,
+        "data.prompt_dropout": 0.5,
+    }
+    pretrain = recipes.TOY_PRETRAIN
+    full = tmp_path / "full"
+    trainer.run_recipe(pretrain, _config(pretrain, full, **settings), report=False)
+    trained = load_backbone(str(full / "final"))
+    fresh = load_backbone("toy", seed=0)
+    moved = [
+        (a - b).abs().max().item()
+        for a, b in zip(
+            trained.encoder.text_encoder.parameters(), fresh.encoder.text_encoder.parameters()
+        )
+    ]
+    assert min(moved) > 0  # every text-encoder tensor trained (the toy base is from scratch)
+
+    killed = tmp_path / "killed"
+    interrupted = dataclasses.replace(pretrain, step=_interrupting_step(3))
+    with pytest.raises(_Interrupt):
+        trainer.run_recipe(interrupted, _config(interrupted, killed, **settings), report=False)
+    trainer.run_recipe(
+        pretrain, _config(pretrain, killed, **settings, resume="latest"), report=False
+    )
+    assert _metrics(killed) == _metrics(full)
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert (full / "final" / name).read_bytes() == (killed / "final" / name).read_bytes()
+
+
+def test_text_encoder_training_is_refused_outside_toy_pretraining(tmp_path):
+    config = _config(recipes.DPO_TOY, tmp_path / "run", **{"model.train_text_encoder": True})
+    with pytest.raises(ValueError, match="train_text_encoder is for training toy bases"):
+        trainer.run_recipe(recipes.DPO_TOY, config, report=False)

@@ -72,6 +72,13 @@ class ModelConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata=_help("recompute activations in backward to save memory")
     )
+    train_text_encoder: bool = field(
+        default=False,
+        metadata=_help(
+            "also train the text encoder(s); for toy bases trained from scratch, whose random "
+            "text encoder would otherwise give the denoiser only fixed random prompt features"
+        ),
+    )
     flow_density: str | None = field(
         default=None,
         metadata=_help(
@@ -387,8 +394,12 @@ def set_key(
             f"unknown setting {key!r}.{_suggest(name, valid)} Valid {section}.* keys: "
             f"{', '.join(valid)}"
         )
-    value = convert(key, value, _hints(cls)[name])
     choices = section_fields[name].metadata.get("choices")
+    if choices and isinstance(value, bool):
+        # YAML 1.1 reads no/off/false (yes/on/true) as booleans: take the choice spelled so.
+        spellings = ("yes", "on", "true") if value else ("no", "off", "false")
+        value = next((c for c in choices if c.lower() in spellings), value)
+    value = convert(key, value, _hints(cls)[name])
     if choices and value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
     setattr(getattr(config, section), name, value)

@@ -20,7 +20,9 @@ from pref_core.recipes import Recipe
 _TOY_PRETRAIN_DEFAULTS = {
     "model.base": "toy",
     "model.mode": "full",
+    "model.train_text_encoder": True,
     "data.source": "toy-pretrain",
+    "data.prompt_dropout": 0.1,
     "data.size": 20000,
     "data.defect_rate": 0.3,
     "optim.lr": 2e-3,
@@ -37,7 +39,7 @@ TOY_PRETRAIN = Recipe(
     description="train a toy base model from scratch on the toy world (30% defective images)",
     task="denoising",
     defaults=_TOY_PRETRAIN_DEFAULTS,
-    paper="the toy world (docs/toy.md): a deliberately imperfect base for alignment to improve",
+    paper="the toy world (docs/data.md): a deliberately imperfect base for alignment to improve",
     hardware="2 CPU cores, about 3 minutes",
 )
 

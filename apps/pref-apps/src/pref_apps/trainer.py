@@ -155,12 +155,17 @@ class StepModule(nn.Module):
     parameter's gradient averaged across processes.
     """
 
-    def __init__(self, policies: Any, recipe: Recipe, objective: Any) -> None:
+    def __init__(
+        self, policies: Any, recipe: Recipe, objective: Any, *, train_text_encoder: bool = False
+    ) -> None:
         super().__init__()
         unique = {
             id(policies.denoiser_module(n)): policies.denoiser_module(n) for n in policies.names
         }
+        if train_text_encoder:
+            unique[id(policies.backbone.encoder)] = policies.backbone.encoder
         self.trainable = nn.ModuleList(unique.values())
+        self.train_text_encoder = train_text_encoder
         self._policies = policies
         self._recipe = recipe
         self._objective = objective
@@ -169,6 +174,10 @@ class StepModule(nn.Module):
         self, batch: Any, generators: list[torch.Generator], timestep_kwargs: dict[str, Any]
     ):
         p = self._policies
+        if self.train_text_encoder:  # encode with gradients, inside the wrapped forward
+            batch = dataclasses.replace(
+                batch, cond=p.backbone.encode(batch.extras["encoded_prompts"])
+            )
         ctx = StepContext(
             policies={n: p[n] for n in p.names},
             reference=p.reference,
@@ -330,6 +339,17 @@ class Trainer:
         )
         if c.model.mode == "full" and mp is None and dtype != torch.float32:
             backbone.denoiser.to(dtype=dtype)  # the frozen reference
+        encoder_params: list[nn.Parameter] = []
+        if c.model.train_text_encoder:
+            from pref_core.backbones.base import set_text_encoders_trainable
+            from pref_core.backbones.toy import TOY_KINDS
+
+            if backbone.kind not in TOY_KINDS or self.recipe.task != "denoising":
+                raise ValueError(
+                    "model.train_text_encoder is for training toy bases from scratch (a denoising "
+                    f"recipe on a toy model); got {backbone.kind!r} with a {self.recipe.task} recipe"
+                )
+            encoder_params = set_text_encoders_trainable(backbone.encoder)
         self.objective = self.recipe.build_objective(c.objective)
         self.data = build_data(c, self.recipe, backbone, self.main)
         world = self.accelerator.num_processes
@@ -339,12 +359,18 @@ class Trainer:
         )
         total_batch = self.global_batch * c.train.grad_accum
         self.lr = c.optim.lr * total_batch if c.optim.scale_lr else c.optim.lr
-        params = self.policies.trainable_parameters()
+        params = self.policies.trainable_parameters() + encoder_params
+        self.trainable_params = params
         self.optimizer = make_optimizer(c, params, self.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(c.optim.schedule, c.optim.warmup_steps, c.train.steps)
         )
-        self.module = StepModule(self.policies, self.recipe, self.objective)
+        self.module = StepModule(
+            self.policies,
+            self.recipe,
+            self.objective,
+            train_text_encoder=c.model.train_text_encoder,
+        )
         self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         self.step = 0
         self._log(
@@ -380,13 +406,13 @@ class Trainer:
         ids = [str(it.get("id", "")) for it in items]
         device = self.accelerator.device
         drop = self._dropped(step, micro, kept)
+        enc_prompts = ["" if d else p for p, d in zip(prompts, drop)]
         with torch.no_grad():
             if self.data.kind == "cached":
                 cond = Conditioning.cat([it["cond"] for it in items]).to(device)
                 winner = torch.stack([it["latent_w"] for it in items]).to(device)
                 loser = torch.stack([it["latent_l"] for it in items]).to(device)
             else:
-                enc_prompts = ["" if d else p for p, d in zip(prompts, drop)]
                 cond = self.backbone.encode(enc_prompts, **self._size_conditions(items))
                 codec_gen = torch.Generator().manual_seed(
                     _seed_of(c.train.seed, step, micro, rank, 3)
@@ -395,7 +421,11 @@ class Trainer:
                     images = torch.stack([it["image"] for it in items]).to(device)
                     x0 = self._encode_images(images, codec_gen)
                     return (
-                        DenoisingBatch(cond, x0, {"prompts": prompts, "ids": ids}),
+                        DenoisingBatch(
+                            cond,
+                            x0,
+                            {"prompts": prompts, "ids": ids, "encoded_prompts": enc_prompts},
+                        ),
                         kept,
                         ids,
                         skipped,
@@ -412,7 +442,12 @@ class Trainer:
                 null = self.backbone.null_condition(len(items), "empty").to(device)
                 cond = cond.where(torch.tensor(drop, device=device), null)
         return (
-            PreferenceBatch(cond, winner, loser, {"prompts": prompts, "ids": ids}),
+            PreferenceBatch(
+                cond,
+                winner,
+                loser,
+                {"prompts": prompts, "ids": ids, "encoded_prompts": enc_prompts},
+            ),
             kept,
             ids,
             skipped,
@@ -442,7 +477,11 @@ class Trainer:
             if isinstance(codec, nn.Module)
             else torch.float32
         )
-        return codec.encode(images.to(dtype), generator=generator).float()
+        # Contiguous: VAE latents can come out channels-last, and diffusers' ResnetBlock2D makes
+        # its input contiguous in train mode only, so the training policy and the eval-mode
+        # reference would run other kernels and differ by float noise at step 1 (× β in the
+        # DPO logit) although their weights are equal.
+        return codec.encode(images.to(dtype), generator=generator).float().contiguous()
 
     def _dropped(self, step: int, micro: int, positions: list[int]) -> list[bool]:
         rate = self.config.data.prompt_dropout
@@ -497,9 +536,7 @@ class Trainer:
                 count += 1
             grad_norm = None
             if c.optim.max_grad_norm:
-                grad_norm = acc.clip_grad_norm_(
-                    self.policies.trainable_parameters(), c.optim.max_grad_norm
-                )
+                grad_norm = acc.clip_grad_norm_(self.trainable_params, c.optim.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -700,6 +737,12 @@ class Trainer:
                     for k, v in self.policies.trainable_state_dict(name).items()
                 }
                 save_file(state, str(tmp / f"policy-{name}.safetensors"))
+            if self.config.model.train_text_encoder:
+                encoder_state = {
+                    k: v.detach().contiguous().cpu()
+                    for k, v in self.backbone.encoder.state_dict().items()
+                }
+                save_file(encoder_state, str(tmp / "text-encoders.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(
@@ -749,6 +792,11 @@ class Trainer:
                 str(path / f"policy-{name}.safetensors"), device=str(self.accelerator.device)
             )
             self.policies.load_trainable_state_dict(name, weights)
+        if self.config.model.train_text_encoder:
+            encoder_state = load_file(
+                str(path / "text-encoders.safetensors"), device=str(self.accelerator.device)
+            )
+            self.backbone.encoder.load_state_dict(encoder_state)
         self.optimizer.load_state_dict(
             torch.load(
                 path / "optimizer.pt", weights_only=False, map_location=self.accelerator.device

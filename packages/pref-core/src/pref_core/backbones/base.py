@@ -7,6 +7,7 @@ export need to talk to stock diffusers (the scheduler config and the pipeline cl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -190,3 +191,27 @@ class VAECodec(nn.Module):
     def decode(self, latents: Tensor) -> Tensor:
         z = latents.to(self.vae.dtype) / self.scaling_factor + self.shift_factor
         return self.vae.decode(z).sample
+
+
+def text_encoding(encode):
+    """Decorator of condition encoders' ``encode``: no autograd graph unless the encoder was made
+    trainable with :func:`set_text_encoders_trainable` (and grad mode is on)."""
+
+    @functools.wraps(encode)
+    def wrapper(self, *args, **kwargs):
+        enabled = bool(getattr(self, "trainable", False)) and torch.is_grad_enabled()
+        with torch.set_grad_enabled(enabled):
+            return encode(self, *args, **kwargs)
+
+    return wrapper
+
+
+def set_text_encoders_trainable(encoder: nn.Module, trainable: bool = True) -> list[nn.Parameter]:
+    """Let a condition encoder's text models train (default: frozen); returns their parameters.
+
+    Used to train a toy base from scratch, whose random text encoder would otherwise only give
+    the denoiser fixed random features of the prompt. Encoders stay in eval mode (no dropout).
+    """
+    encoder.trainable = bool(trainable)
+    encoder.requires_grad_(bool(trainable))
+    return [p for p in encoder.parameters() if p.requires_grad]

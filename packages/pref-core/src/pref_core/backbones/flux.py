@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
 from pref_core.backbones._hub import expand, load_denoiser_model, require_folders, weights_kwargs
-from pref_core.backbones.base import Backbone, LoadOptions, NullMode, VAECodec
+from pref_core.backbones.base import Backbone, LoadOptions, NullMode, VAECodec, text_encoding
 from pref_core.conditioning import Conditioning
 from pref_core.schedules import schedule_from_config
 
@@ -203,7 +203,8 @@ class FluxConditionEncoder(nn.Module):
             per call with ``cond.replace(guidance=...)``).
 
     Both text encoders are frozen (``requires_grad=False``, eval mode) and run under
-    ``torch.no_grad()``.
+    ``torch.no_grad()``, unless made trainable with
+    :func:`~pref_core.backbones.base.set_text_encoders_trainable`.
     """
 
     def __init__(
@@ -243,7 +244,7 @@ class FluxConditionEncoder(nn.Module):
             return_tensors="pt",
         ).input_ids
 
-    @torch.no_grad()
+    @text_encoding
     def encode(self, prompts: Sequence[str]) -> Conditioning:
         """Prompts → ``prompt_embeds`` (B, L, D_t5), ``pooled_prompt_embeds`` (B, D_clip),
         ``guidance`` (B,) and shared ``text_ids`` (L, 3)."""

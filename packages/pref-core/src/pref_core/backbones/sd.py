@@ -31,7 +31,7 @@ from pref_core.backbones._hub import (
     require_folders,
     weights_kwargs,
 )
-from pref_core.backbones.base import Backbone, LoadOptions, NullMode, VAECodec
+from pref_core.backbones.base import Backbone, LoadOptions, NullMode, VAECodec, text_encoding
 from pref_core.conditioning import Conditioning
 from pref_core.schedules import schedule_from_config
 
@@ -186,7 +186,7 @@ class CLIPConditionEncoder(_FrozenTextEncoders):
         self.text_encoder = text_encoder
         self._freeze()
 
-    @torch.no_grad()
+    @text_encoding
     def encode(self, prompts: Sequence[str]) -> Conditioning:
         prompts = _as_prompt_list(prompts)
         device, _ = _module_device_dtype(self.text_encoder)
@@ -317,7 +317,7 @@ class SDXLConditionEncoder(_FrozenTextEncoders):
         ids = _token_ids(tokenizer, prompts).input_ids.to(device)
         return encoder(ids, output_hidden_states=True)
 
-    @torch.no_grad()
+    @text_encoding
     def encode(
         self,
         prompts: Sequence[str],
