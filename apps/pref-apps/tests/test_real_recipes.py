@@ -321,11 +321,6 @@ def test_latent_cache_is_built_once_then_reused(tiny_models, pickapic_file, tmp_
     assert first == second  # both trained on the same cached latents and prompts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pref_data.build_cache encodes prompts without the crops, so a cached SDXL run "
-    "conditions on the default sizes (pref-data: pass original_sizes/crop_top_lefts)",
-)
 def test_cached_sdxl_keeps_the_crops(tiny_models, pickapic_file, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         batches = _Batches(mp)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -179,6 +180,25 @@ class _Writer:
         self.ids, self.prompts = self.ids[n:], self.prompts[n:]
 
 
+def _size_conditions(encoder: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """SDXL-style micro-conditioning from the crops actually taken, for encoders that take it
+    (``encode(prompts, original_sizes=..., crops=..., target_sizes=...)``)."""
+    if "original_sizes" not in batch:
+        return {}
+    try:
+        parameters = inspect.signature(encoder.encode).parameters
+    except (TypeError, ValueError):
+        return {}
+    if not {"original_sizes", "crops", "target_sizes"} <= set(parameters):
+        return {}
+    size = tuple(batch["winner"].shape[-2:])
+    return {
+        "original_sizes": [tuple(s) for s in batch["original_sizes"]],
+        "crops": [tuple(c) for c in batch["crop_top_lefts"]],
+        "target_sizes": [size] * len(batch["ids"]),
+    }
+
+
 def build_cache(
     dataset: Dataset,
     *,
@@ -255,7 +275,7 @@ def build_cache(
             images = torch.cat([batch["winner"], batch["loser"]]).to(device)
             with torch.no_grad():
                 latents = codec.encode(images, generator=generator)
-                cond = encoder.encode(batch["prompts"])
+                cond = encoder.encode(batch["prompts"], **_size_conditions(encoder, batch))
             n = len(batch["ids"])
             if cond.batch_size != n:
                 raise ValueError(f"the encoder returned batch {cond.batch_size} for {n} prompts")
