@@ -195,7 +195,18 @@ class EvalConfig:
     scorer: str = field(default="toy-oracle", metadata=_help("scorer name (pref-eval ls)"))
     steps: int = field(default=20, metadata=_help("sampling steps"))
     guidance_scale: float | None = field(
-        default=None, metadata=_help("guidance scale (default: the model's)")
+        default=None,
+        metadata=_help(
+            "guidance scale w as in diffusers (CFG s = w - 1; FLUX.1-dev: distilled guidance), "
+            "also used for the sample grids (default: the model's)"
+        ),
+    )
+    scheduler: str = field(
+        default="default",
+        metadata=_help(
+            "sampler of the evaluation and the sample grids: 'default' (the model's own), 'ddim', "
+            "'euler', 'dpm-solver', 'flow-euler' or a diffusers scheduler class name"
+        ),
     )
     batch_size: int = field(default=50, metadata=_help("images per sampling batch"))
     seed: int = field(

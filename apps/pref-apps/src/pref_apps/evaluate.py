@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         "default: the model's",
     )
     parser.add_argument(
-        "--scheduler", default="default", help="default, ddim, euler, dpm-solver or flow-euler"
+        "--scheduler",
+        default=None,
+        help="default, ddim, euler, dpm-solver or flow-euler (default: the run's eval.scheduler, else the model's own)",
     )
     parser.add_argument(
         "--seed", type=int, metavar="S", help="seed of the first prompt; prompt i uses S + i"
@@ -230,11 +232,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # a model that does not load: missing folder, bad id
         raise _UsageError(f"could not load a model: {exc}") from None
 
+    scheduler = _pick(args.scheduler, eval_cfg.get("scheduler"), "default")
     common: dict[str, Any] = {
         "seeds": seed,
         "num_inference_steps": int(_pick(args.steps, eval_cfg.get("steps"), DEFAULTS["steps"])),
         "guidance_scale": _pick(args.guidance_scale, eval_cfg.get("guidance_scale"), None),
-        "scheduler": args.scheduler,
+        "scheduler": scheduler,
         "height": args.height,
         "width": args.width,
         "batch_size": int(
@@ -243,7 +246,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
         "confidence": args.confidence,
     }
-    _check_scheduler([m for m in (base, tuned) if m is not None], args.scheduler)
+    _check_scheduler([m for m in (base, tuned) if m is not None], scheduler)
     try:
         validate_prompts(scorer, prompts.texts)
     except ValueError as exc:

@@ -682,7 +682,10 @@ class Trainer:
         from pref_apps.evaluation import resolve_guidance
 
         # The same guidance as the evaluation (eval.guidance_scale is diffusers' w).
-        kwargs = {"guidance": resolve_guidance(self.backbone, guidance_scale=c.eval.guidance_scale)}
+        kwargs = {
+            "guidance": resolve_guidance(self.backbone, guidance_scale=c.eval.guidance_scale),
+            "scheduler": c.eval.scheduler,
+        }
         if tuned is not None:
             result = sample(
                 tuned,
@@ -864,8 +867,30 @@ def cache_root() -> Path:
     return Path(os.environ.get("PREF_CACHE", Path.home() / ".cache" / "pref"))
 
 
+SHIPPED_BASES = Path(__file__).parent / "toy_bases"
+
+
+def shipped_base(kind: str, seed: int) -> Path | None:
+    """The toy base shipped with pref-apps for (kind, seed), if it is exactly what the current
+    ``toy-pretrain`` recipe would train (its ``pref_base.json`` records the recipe version)."""
+    from pref_apps.recipes import toy_pretrain_version
+
+    folder = SHIPPED_BASES / f"{kind}-seed{seed}"
+    meta = folder / "pref_base.json"
+    if not meta.exists() or not (folder / "model_index.json").exists():
+        return None
+    if json.loads(meta.read_text()).get("version") != toy_pretrain_version(kind):
+        return None
+    return folder
+
+
 def resolve_base(spec: str, *, progress: bool = True, log: Callable[[str], None] = print) -> str:
-    """``toy-pretrained:KIND[:SEED]`` → the folder of that toy base, training it on first use."""
+    """``toy-pretrained:KIND[:SEED]`` → the folder of that toy base.
+
+    In order: the base shipped with pref-apps (seed 0 of each kind, trained by the
+    ``toy-pretrain`` recipe with its current defaults), the local cache, or — on first use —
+    training it with ``toy-pretrain`` into the cache (``$PREF_CACHE``, default ``~/.cache/pref``).
+    """
     if not spec.startswith(TOY_PRETRAINED):
         return spec
     parts = spec[len(TOY_PRETRAINED) :].split(":")
@@ -873,8 +898,11 @@ def resolve_base(spec: str, *, progress: bool = True, log: Callable[[str], None]
     seed = int(parts[1]) if len(parts) > 1 else 0
     if kind not in ("toy", "toy-flux"):
         raise ValueError(f"{spec!r}: the toy bases are 'toy' and 'toy-flux', got {kind!r}")
-    from pref_apps.recipes import TOY_PRETRAIN, toy_pretrain_version
+    from pref_apps.recipes import TOY_PRETRAIN, toy_pretrain_settings, toy_pretrain_version
 
+    shipped = shipped_base(kind, seed)
+    if shipped is not None:
+        return str(shipped)
     run = cache_root() / "toy-bases" / f"{kind}-seed{seed}-{toy_pretrain_version(kind)}"
     final = run / "final"
     if (final / "model_index.json").exists():
@@ -886,9 +914,20 @@ def resolve_base(spec: str, *, progress: bool = True, log: Callable[[str], None]
 
     config = build_config(
         TOY_PRETRAIN,
-        [("toy base", {"model.base": kind, "train.seed": seed, "log.progress": progress})],
+        [("toy base", {**toy_pretrain_settings(kind, seed), "log.progress": progress})],
     )
     run_recipe(TOY_PRETRAIN, config, run_dir=run, report=False)
+    (final / "pref_base.json").write_text(
+        json.dumps(
+            {
+                "recipe": TOY_PRETRAIN.name,
+                "kind": kind,
+                "seed": seed,
+                "version": toy_pretrain_version(kind),
+            },
+            indent=2,
+        )
+    )
     return str(final)
 
 
@@ -951,6 +990,7 @@ def evaluate_run(config: RunConfig, run_dir: Path, base_source: str) -> Any:
         load_scorer(e.scorer),
         num_inference_steps=e.steps,
         guidance_scale=e.guidance_scale,
+        scheduler=e.scheduler,
         batch_size=e.batch_size,
         seeds=e.seed,
         progress=config.log.progress,
