@@ -249,10 +249,12 @@ def _interrupting_step(after_calls: int):
     return step
 
 
-def test_pretraining_trains_the_text_encoder_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("kind", ["toy", "toy-flux"])
+def test_pretraining_trains_the_text_encoder_and_resumes_exactly(tmp_path, kind):
     from pref_core.backbones import load_backbone
 
     settings = {
+        "model.base": kind,
         "train.steps": 4,
         "data.size": 16,
         "log.checkpoint_every": 2,
@@ -262,14 +264,13 @@ def test_pretraining_trains_the_text_encoder_and_resumes_exactly(tmp_path):
     full = tmp_path / "full"
     trainer.run_recipe(pretrain, _config(pretrain, full, **settings), report=False)
     trained = load_backbone(str(full / "final"))
-    fresh = load_backbone("toy", seed=0)
+    fresh = load_backbone(kind, seed=0)
     moved = [
         (a - b).abs().max().item()
-        for a, b in zip(
-            trained.encoder.text_encoder.parameters(), fresh.encoder.text_encoder.parameters()
-        )
+        for a, b in zip(trained.encoder.parameters(), fresh.encoder.parameters())
     ]
-    assert min(moved) > 0  # every text-encoder tensor trained (the toy base is from scratch)
+    # The text encoder(s) trained (the toy base is from scratch); T5 ties its embeddings.
+    assert sum(m > 0 for m in moved) >= 0.9 * len(moved)
 
     killed = tmp_path / "killed"
     interrupted = dataclasses.replace(pretrain, step=_interrupting_step(3))
@@ -279,8 +280,9 @@ def test_pretraining_trains_the_text_encoder_and_resumes_exactly(tmp_path):
         pretrain, _config(pretrain, killed, **settings, resume="latest"), report=False
     )
     assert _metrics(killed) == _metrics(full)
-    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
-        assert (full / "final" / name).read_bytes() == (killed / "final" / name).read_bytes()
+    for path in sorted((full / "final").rglob("*.safetensors")):
+        twin = killed / "final" / path.relative_to(full / "final")
+        assert path.read_bytes() == twin.read_bytes(), path.name
 
 
 def test_text_encoder_training_is_refused_outside_toy_pretraining(tmp_path):

@@ -204,7 +204,8 @@ class EvalConfig:
     scheduler: str = field(
         default="default",
         metadata=_help(
-            "sampler of the evaluation and the sample grids: 'default' (the model's own), 'ddim', "
+            "sampler of the evaluation and the sample grids: 'default' (the model's own), 'auto' "
+            "(DDIM for models shipping the ancestral DDPM sampler, else their own), 'ddim', "
             "'euler', 'dpm-solver', 'flow-euler' or a diffusers scheduler class name"
         ),
     )

@@ -32,6 +32,7 @@ _TOY_PRETRAIN_DEFAULTS = {
     "train.batch_size": 16,
     "log.every": 25,
     "log.sample_every": 0,
+    "eval.scheduler": "auto",
 }
 
 TOY_PRETRAIN = Recipe(
@@ -57,7 +58,10 @@ def toy_pretrain_version(kind: str) -> str:
     """A short hash of what the cached toy base depends on (recipe defaults and toy config)."""
     from pref_core.backbones.toy import toy_config
 
-    defaults = dict(TOY_PRETRAIN.defaults)  # looked up at call time (tests may replace it)
+    # What the weights depend on (not logging or evaluation); looked up at call time.
+    defaults = {
+        k: v for k, v in TOY_PRETRAIN.defaults.items() if not k.startswith(("log.", "eval."))
+    }
     blob = json.dumps(
         [defaults, TOY_PRETRAIN_KIND_DEFAULTS[kind], toy_config(kind), "v1"],
         sort_keys=True,
@@ -78,6 +82,7 @@ _TOY_FINETUNE = {
     "log.every": 10,
     "eval.prompts": "toy:200",
     "eval.steps": 20,
+    "eval.scheduler": "auto",
 }
 
 SFT_TOY = Recipe(

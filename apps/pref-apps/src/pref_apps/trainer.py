@@ -741,11 +741,10 @@ class Trainer:
                 }
                 save_file(state, str(tmp / f"policy-{name}.safetensors"))
             if self.config.model.train_text_encoder:
-                encoder_state = {
-                    k: v.detach().contiguous().cpu()
-                    for k, v in self.backbone.encoder.state_dict().items()
-                }
-                save_file(encoder_state, str(tmp / "text-encoders.safetensors"))
+                from safetensors.torch import save_model
+
+                # save_model: T5 ties its input embedding to `shared`.
+                save_model(self.backbone.encoder, str(tmp / "text-encoders.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(
@@ -796,10 +795,13 @@ class Trainer:
             )
             self.policies.load_trainable_state_dict(name, weights)
         if self.config.model.train_text_encoder:
-            encoder_state = load_file(
-                str(path / "text-encoders.safetensors"), device=str(self.accelerator.device)
+            from safetensors.torch import load_model
+
+            load_model(
+                self.backbone.encoder,
+                str(path / "text-encoders.safetensors"),
+                device=str(self.accelerator.device),
             )
-            self.backbone.encoder.load_state_dict(encoder_state)
         self.optimizer.load_state_dict(
             torch.load(
                 path / "optimizer.pt", weights_only=False, map_location=self.accelerator.device

@@ -555,6 +555,9 @@ def test_schedulers_come_from_the_model_config(toy, toy_flux):
     assert ddim.config.beta_schedule == "linear" and ddim.config.beta_end == 0.02
     given = DDIMScheduler.from_config(toy.scheduler_config)
     assert make_scheduler(toy, given) is not given  # the caller's scheduler is not advanced
+    # "auto": DDIM instead of the shipped ancestral DDPM sampler; flow models keep their own.
+    assert type(make_scheduler(toy, "auto")).__name__ == "DDIMScheduler"
+    assert type(make_scheduler(toy_flux, "auto")).__name__ == "FlowMatchEulerDiscreteScheduler"
 
 
 # ---------------------------------------------------------------------------------- defaults, checks

@@ -175,7 +175,7 @@ def _scheduler_class(name: str) -> type:
     if cls is None or not hasattr(cls, "from_config"):
         raise ValueError(
             f"diffusers {diffusers.__version__} has no scheduler class {name!r}; pass one of "
-            f"{', '.join(repr(k) for k in ('default', *SCHEDULERS))}, a diffusers scheduler "
+            f"{', '.join(repr(k) for k in ('default', 'auto', *SCHEDULERS))}, a diffusers scheduler "
             "class name or a scheduler instance"
         )
     return cls
@@ -187,7 +187,9 @@ def make_scheduler(backbone: Backbone, scheduler: str | Any = "default") -> Any:
     Args:
         backbone: the model to sample.
         scheduler: ``"default"`` (the class the model ships with, the config's
-            ``_class_name``); a short name from :data:`SCHEDULERS` (``"ddim"``, ``"euler"``,
+            ``_class_name``); ``"auto"`` (a deterministic few-step solver: DDIM for a model
+            that ships the stochastic ``DDPMScheduler``, whose ancestral steps need hundreds of
+            steps, else the model's own class); a short name from :data:`SCHEDULERS` (``"ddim"``, ``"euler"``,
             ``"dpm-solver"``, ``"flow-euler"``); any diffusers scheduler class name; or a
             scheduler instance (copied, so the caller's object is never advanced).
 
@@ -198,6 +200,9 @@ def make_scheduler(backbone: Backbone, scheduler: str | Any = "default") -> Any:
     """
     flow_model = is_flow_backbone(backbone)
     if isinstance(scheduler, str):
+        if scheduler == "auto":
+            shipped = backbone.scheduler_config.get("_class_name")
+            scheduler = "ddim" if shipped == "DDPMScheduler" else "default"
         if scheduler == "default":
             class_name = backbone.scheduler_config.get("_class_name")
             if not class_name:
