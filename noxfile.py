@@ -229,7 +229,9 @@ def wheels(session: nox.Session) -> None:
 
 
 # Extras the `pref` meta-package asks for (root pyproject.toml).
-META_EXTRAS = {"pref-core": "[diffusers,peft]", "pref-data": "[hf]"}
+META_EXTRAS = {"pref-core": "[diffusers,peft]"}
+# Registry requirements of the meta-package itself (pref-data's `hf` extra, spelled out).
+META_PLAIN = ["datasets>=2.19", "pyarrow>=14"]
 
 
 def _check_meta_wheel(session: nox.Session, dist_dir: Path) -> None:
@@ -245,8 +247,11 @@ def _check_meta_wheel(session: nox.Session, dist_dir: Path) -> None:
             if line.startswith("Requires-Dist:")
         ]
     expected = sorted(
-        f"{dist}{META_EXTRAS.get(dist, '')} @ {(ROOT / path).as_uri()}"
-        for dist, _, path in PACKAGES.values()
+        [
+            f"{dist}{META_EXTRAS.get(dist, '')} @ {(ROOT / path).as_uri()}"
+            for dist, _, path in PACKAGES.values()
+        ]
+        + META_PLAIN
     )
     if sorted(requires) != expected:
         session.error(f"pref meta-package requirements {requires} != {expected}")
