@@ -50,6 +50,7 @@ from pref_core.conditioning import Conditioning
 from pref_core.recipes import DenoisingBatch, Recipe, StepContext
 
 CHECKPOINT_PREFIX = "step_"
+_PROGRESS_KEYS = ("loss", "implicit_accuracy", "reward_margin", "mse")
 TOY_PRETRAINED = "toy-pretrained:"
 
 
@@ -553,10 +554,9 @@ class Trainer:
                     f.write(json.dumps(row) + "\n")
                 self._tensorboard(row)
                 if self.step % c.log.every == 0 or self.step == c.train.steps:
-                    bar.set_postfix(
-                        {k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "lr")},
-                        refresh=False,
-                    )
+                    # The headline numbers; metrics.jsonl and TensorBoard have all of them.
+                    shown = [k for k in _PROGRESS_KEYS if k in row] or ["loss"]
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in shown}, refresh=False)
             bar.update(1)
             if (
                 c.log.sample_every
