@@ -269,8 +269,8 @@ def test_pretraining_trains_the_text_encoder_and_resumes_exactly(tmp_path, kind)
         (a - b).abs().max().item()
         for a, b in zip(trained.encoder.parameters(), fresh.encoder.parameters())
     ]
-    # The text encoder(s) trained (the toy base is from scratch); T5 ties its embeddings.
-    assert sum(m > 0 for m in moved) >= 0.9 * len(moved)
+    # Every text-encoder tensor trained (the toy base is from scratch).
+    assert min(moved) > 0
 
     killed = tmp_path / "killed"
     interrupted = dataclasses.replace(pretrain, step=_interrupting_step(3))

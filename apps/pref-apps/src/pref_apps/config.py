@@ -273,7 +273,6 @@ def parse_value(text: str) -> Any:
 
 def convert(key: str, value: Any, tp: Any) -> Any:
     """``value`` as type ``tp`` (a field annotation), or :class:`ConfigError`."""
-    tp = _resolve(tp)
     inner, optional = _strip_optional(tp)
     if value is None:
         if optional:
@@ -335,10 +334,6 @@ def _hints(cls: type) -> dict[str, Any]:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
-
-
-def _resolve(tp: Any) -> Any:
-    return tp
 
 
 def _suggest(key: str, valid: list[str]) -> str:
