@@ -41,7 +41,7 @@ TOY_PRETRAIN = Recipe(
     task="denoising",
     defaults=_TOY_PRETRAIN_DEFAULTS,
     paper="the toy world (docs/data.md): a deliberately imperfect base for alignment to improve",
-    hardware="2 CPU cores: about 30 minutes (toy), 20 minutes (toy-flux, 1500 steps)",
+    hardware="2 CPU cores: the shipped bases took about 35 min (toy) and 11 min (toy-flux, 1500 steps) with 1 thread each, sharing the machine",
 )
 
 
@@ -92,7 +92,7 @@ SFT_TOY = Recipe(
     task="denoising",
     defaults={**_TOY_FINETUNE, "data.source": "toy-winners", "optim.lr": 1e-4},
     paper="the SFT baseline of Diffusion-DPO (Wallace et al. 2024, Sec. 5)",
-    hardware="2 CPU cores, about 3 minutes with evaluation",
+    hardware="2 CPU cores, a few minutes with evaluation",
 )
 
 DPO_TOY = Recipe(
@@ -108,7 +108,7 @@ DPO_TOY = Recipe(
         "objective.beta": 5000.0,
     },
     paper="Diffusion-DPO (Wallace et al. 2024) scaled to the toy world",
-    hardware="2 CPU cores, under 10 minutes including the toy base",
+    hardware="2 CPU cores: about 4 minutes with evaluation (measured, docs/benchmarks.md)",
 )
 
 # ------------------------------------------------------------------------------ real models
