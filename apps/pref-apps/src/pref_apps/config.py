@@ -93,7 +93,7 @@ class DataConfig:
     source: str = field(
         default="toy-pairs",
         metadata=_help(
-            "training data: 'toy-pairs', 'toy-pretrain', 'toy-winners' (the toy world), or a "
+            "training data: 'toy-pairs', 'toy-pretrain', 'toy-winners', 'toy-pair-images' (the toy world), or a "
             "pref_data source spec: 'pickapic:PATH_OR_ID', 'oip:PATH_OR_ID', 'hpdv2:PATH', "
             "'wds:GLOB', a .jsonl/.csv manifest or a folder (see docs/data.md)"
         ),

@@ -219,6 +219,26 @@ def resolve_guidance(
     return ClassifierFreeGuidance.from_diffusers_scale(float(guidance_scale))
 
 
+def sampling_plan(
+    model: Any,
+    guidance: GuidanceStrategy | None = None,
+    guidance_scale: float | None = None,
+) -> tuple[Backbone, dict[str, Any] | None, GuidanceStrategy]:
+    """(backbone, denoisers, guidance) to sample ``model`` with.
+
+    A :class:`~pref_core.backbones.guided.GuidedModel` (a CHATS pair) brings its denoisers and
+    its own rule: ``guidance`` replaces the rule, while ``guidance_scale`` — diffusers' w of
+    the single-model rules — does not apply to it and is ignored (the evaluation of a base
+    against a pair samples the base with w and the pair with its saved rule). Any other model
+    goes through :func:`resolve_guidance`.
+    """
+    from pref_core.backbones.guided import GuidedModel
+
+    if isinstance(model, GuidedModel):
+        return model.backbone, dict(model.denoisers), guidance or model.guidance
+    return model, None, resolve_guidance(model, guidance, guidance_scale)
+
+
 def _seeds(seeds: int | Sequence[int] | None, count: int) -> list[int]:
     if seeds is None:
         return list(range(count))
@@ -252,7 +272,9 @@ def _generate_and_score(
     """Scores (key → (N,)), the first GRID_SIZE images (≤16, 3, H, W) and the guidance used."""
     from pref_core.backbones.sampling import sample
 
-    guidance = resolve_guidance(backbone, settings.guidance, settings.guidance_scale)
+    backbone, denoisers, guidance = sampling_plan(
+        backbone, settings.guidance, settings.guidance_scale
+    )
     chunks: list[dict[str, Tensor]] = []
     grid: list[Tensor] = []
     for start in range(0, len(prompts), settings.batch_size):
@@ -268,6 +290,7 @@ def _generate_and_score(
             width=settings.width,
             seeds=seeds[start:stop],
             batch_size=settings.batch_size,
+            denoisers=denoisers,
             progress=False,
         )
         images = result.images  # (B, 3, H, W) in [0, 1]

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import torch
 
     from pref_core.backbones.base import Backbone
+    from pref_core.backbones.guided import GuidedModel
 
 __all__ = [
     "DTYPES",
@@ -112,7 +113,7 @@ def resolve_spec(spec: str | os.PathLike[str]) -> str:
             f"{path} is a file; a model is a run directory, a pipeline folder (with "
             "model_index.json), a hub id, or a kind (toy, toy-flux, sd15, sdxl, flux)"
         )
-    if (path / "model_index.json").is_file():
+    if (path / "model_index.json").is_file() or (path / "pref_model.json").is_file():
         return str(path)
     if is_run_dir(path):
         final = path / "final"
@@ -158,8 +159,10 @@ def load_for_sampling(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     **kwargs: Any,
-) -> Backbone:
-    """Load a :class:`~pref_core.backbones.base.Backbone` to sample or evaluate.
+) -> Backbone | GuidedModel:
+    """Load a :class:`~pref_core.backbones.base.Backbone` to sample or evaluate — or, for a
+    folder with a ``pref_model.json`` manifest (a CHATS pair), the
+    :class:`~pref_core.backbones.guided.GuidedModel` its method's loader builds.
 
     Args:
         spec: a run directory (its ``final/`` pipeline is loaded), a pipeline folder, a hub id,
@@ -175,9 +178,20 @@ def load_for_sampling(
     """
     import torch
 
+    from pref_core.backbones.guided import load_guided, read_manifest
     from pref_core.backbones.loading import load_backbone
 
     source = resolve_spec(spec)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if Path(source).is_dir():
+        try:
+            manifest = read_manifest(source)
+        except ValueError as exc:
+            raise ModelSpecError(str(exc)) from None
+        if manifest is not None:
+            try:
+                return load_guided(source, dtype=dtype or torch.float32, device=device, **kwargs)
+            except LookupError as exc:
+                raise ModelSpecError(str(exc)) from None
     return load_backbone(source, dtype=dtype or torch.float32, device=device, **kwargs)

@@ -212,13 +212,18 @@ def build_data(config: RunConfig, recipe: Recipe, backbone: Any, main: bool) -> 
             return TrainData(
                 ds, "images", f"toy pretraining set ({d.size}, {d.defect_rate:.0%} defective)"
             )
-        if d.source in ("toy-pairs", "toy-winners"):
+        if d.source in ("toy-pairs", "toy-winners", "toy-pair-images"):
             ds = toy.PreferencePairs(d.size, seed=d.seed, flip_rate=d.flip_rate, config=world)
             if d.source == "toy-winners":
                 return TrainData(_Winners(ds), "images", f"winners of {d.size} toy pairs")
+            if d.source == "toy-pair-images":
+                return TrainData(
+                    _PairImages(ds), "images", f"winners and losers of {d.size} toy pairs"
+                )
             return TrainData(ds, "pairs", f"{d.size} toy pairs ({d.flip_rate:.0%} flipped labels)")
         raise ValueError(
-            f"unknown toy data source {d.source!r}; use toy-pairs, toy-pretrain or toy-winners"
+            f"unknown toy data source {d.source!r}; use toy-pairs, toy-pretrain, toy-winners "
+            "or toy-pair-images"
         )
     import pref_data
 
@@ -276,6 +281,26 @@ class _Winners(torch.utils.data.Dataset):
         if not isinstance(item, Mapping):
             return item
         return {"prompt": item["prompt"], "image": item["winner"], "id": str(item.get("id", i))}
+
+
+class _PairImages(torch.utils.data.Dataset):
+    """Both images of every pair as single-image items, ranking dropped: item 2i is pair i's
+    winner, 2i + 1 its loser (the "single model, full data" ablation of CHATS, Table 4)."""
+
+    def __init__(self, pairs: Any) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return 2 * len(self.pairs)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.pairs[i // 2]
+        side = "winner" if i % 2 == 0 else "loser"
+        return {
+            "prompt": item["prompt"],
+            "image": item[side],
+            "id": f"{item.get('id', i // 2)}-{side}",
+        }
 
 
 # ------------------------------------------------------------------------------ the trainer
@@ -671,6 +696,17 @@ class Trainer:
 
         c = self.config
         prompts = self.sample_prompts()
+        if self.recipe.sampling is not None:  # a multi-network method samples its own way
+            model = self.recipe.sampling(self.policies, self.objective)
+            result = model.sample(
+                prompts,
+                num_inference_steps=c.log.sample_steps,
+                seeds=list(range(len(prompts))),
+                progress=False,
+                batch_size=len(prompts),
+                scheduler=c.eval.scheduler,
+            )
+            return self._save_samples(result, step)
         denoiser = (
             self.policies.denoiser_module("policy") if "policy" in self.policies.names else None
         )
@@ -707,10 +743,13 @@ class Trainer:
                 denoisers={"policy": self.policies["policy"]},
                 **kwargs,
             )
+        return self._save_samples(result, step)
+
+    def _save_samples(self, result: Any, step: int) -> Path:
         self.module.train()
         path = self.run_dir / "samples" / f"step_{step:06d}.png"
         result.save_grid(path)
-        if c.log.tensorboard and self._writer is not None:
+        if self.config.log.tensorboard and self._writer is not None:
             self._writer.add_image("samples", np.asarray(result.grid()), step, dataformats="HWC")
         return path
 
@@ -826,7 +865,8 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         name = "policy" if "policy" in self.policies.names else self.policies.names[0]
-        if self.policies.mode == "lora":
+        finalize = self.recipe.finalize
+        if self.policies.mode == "lora" and finalize is None:
             export_lora(self.policies, name, self.run_dir / "lora")
         if self.backbone.kind in TOY_KINDS:
             if self.policies.mode == "full":
@@ -839,6 +879,9 @@ class Trainer:
             save_toy(dataclasses.replace(self.backbone, denoiser=denoiser), tmp)
         else:
             export_pipeline(self.policies, name, self.base_source, tmp)
+        if finalize is not None:  # the method adds its other networks and its manifest
+            lora_dir = self.run_dir / "lora" if self.policies.mode == "lora" else None
+            finalize(self.policies, self.objective, tmp, lora_dir=lora_dir, base=self.base_source)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -17,7 +17,11 @@ Two training steps are built in and cover the common cases:
   images — pretraining and the supervised fine-tuning (SFT) baseline.
 
 A method whose step differs (CHATS trains two policies on different halves of the pair) passes
-its own ``step`` with the signature of :class:`TrainingStep`.
+its own ``step`` with the signature of :class:`TrainingStep`. A method whose result is more than
+one denoiser (CHATS samples with both of its policies) also passes ``sampling`` — how the
+trainer draws its sample grids from the policies — and ``finalize`` — what it adds to the
+exported folder (the second network and a ``pref_model.json`` manifest, see
+:mod:`pref_core.backbones.guided`).
 """
 
 from __future__ import annotations
@@ -157,6 +161,15 @@ class Recipe:
             task.
         paper: where the defaults come from (shown by ``pref-train ls -v`` and the docs).
         hardware: what a full run needs (shown likewise).
+        sampling: ``sampling(policies, objective) -> GuidedModel``: the model the trainer's
+            sample grids come from while training (``policies`` is the trainer's
+            :class:`~pref_core.backbones.training.PolicySet`); default: policy ``"policy"``
+            (or the first) with the backbone's default guidance.
+        finalize: ``finalize(policies, objective, out_dir, *, lora_dir, base)``: called
+            after the trainer exported the first policy as a pipeline into ``out_dir``; adds
+            what else the method's result needs (CHATS: the dispreferred denoiser and the
+            manifest). For LoRA runs ``lora_dir`` is where the adapters go (the trainer writes
+            none itself when a recipe finalizes) and ``base`` is the base model's source.
     """
 
     name: str
@@ -168,6 +181,8 @@ class Recipe:
     step: TrainingStep | None = None
     paper: str = ""
     hardware: str = ""
+    sampling: Callable[[Any, Any], Any] | None = None
+    finalize: Callable[..., None] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

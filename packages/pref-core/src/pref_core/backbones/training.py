@@ -97,6 +97,16 @@ class _Policy(nn.Module):
     def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
         return self._owner[0]._forward(self.name, x_t, timesteps, cond)
 
+    @property
+    def joint_group(self) -> PolicySet:
+        """The set this policy belongs to: policies of one set can run in one mixed forward
+        (:meth:`PolicySet.mixed_forward`, used by :func:`pref_core.backbones.joint.run_jointly`)."""
+        return self._owner[0]
+
+    @property
+    def joint_name(self) -> str:
+        return self.name
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
 
@@ -193,6 +203,12 @@ class PolicySet:
         for name in self.names:
             model.add_adapter(self.lora.config(targets), adapter_name=name)
         self._tuner_layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        # Mixed-adapter forwards: every tuner layer reads the per-sample adapter names from
+        # here (None: the active adapter as usual). The names stay set until the next forward,
+        # so a backward that recomputes activations (gradient checkpointing) sees them too.
+        self._mixed_names: list[str] | None = None
+        for layer in self._tuner_layers:
+            layer.register_forward_pre_hook(self._inject_adapter_names, with_kwargs=True)
         for name in self.names:
             params = [
                 p
@@ -222,7 +238,14 @@ class PolicySet:
             for p in params:
                 p.requires_grad_(True)
 
+    def _inject_adapter_names(self, module: nn.Module, args: tuple, kwargs: dict):
+        names = self._mixed_names
+        if names is None:
+            return None
+        return args, {**kwargs, "adapter_names": names}
+
     def _activate(self, name: str) -> None:
+        self._mixed_names = None
         if self._active == name:
             return
         for layer in self._tuner_layers:
@@ -267,8 +290,42 @@ class PolicySet:
             self._activate(name)
         return self._call(self._denoisers[name], x_t, timesteps, cond)
 
+    def mixed_forward(
+        self, names: Sequence[str], x_t: Tensor, timesteps: Tensor, cond: Conditioning
+    ) -> Tensor:
+        """Sample i through policy ``names[i]``, (B, ...) from x_t (B, ...), in one call where the
+        mode allows.
+
+        LoRA: one forward of the shared network with per-sample adapters (peft's mixed-batch
+        LoRA path): two policies cost one batched call instead of two. Because the names stay
+        set until the next forward, gradient checkpointing recomputes with the right adapters.
+        Full copies: one call per policy on its samples, reassembled in order.
+        """
+        names = list(names)
+        if len(names) != x_t.shape[0]:
+            raise ValueError(f"got {len(names)} policy names for a batch of {x_t.shape[0]}")
+        unique = list(dict.fromkeys(names))
+        for name in unique:
+            self.policy(name)
+        if len(unique) == 1:
+            return self._forward(unique[0], x_t, timesteps, cond)
+        if self.mode == "lora":
+            self._restore_trainable()
+            self._mixed_names = names
+            return self._call(self.backbone.denoiser, x_t, timesteps, cond)
+        out: Tensor | None = None
+        for name in unique:
+            index = torch.tensor([i for i, n in enumerate(names) if n == name], device=x_t.device)
+            part = self._forward(name, x_t[index], timesteps[index], cond.index(index))
+            if out is None:
+                out = part.new_zeros((x_t.shape[0], *part.shape[1:]))
+            out = out.index_copy(0, index, part)
+        assert out is not None
+        return out
+
     def _forward_reference(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
         with torch.no_grad(), self.adapters_disabled():
+            # adapters are disabled: LoRA layers ignore any mixed names
             return self._call(self.backbone.denoiser, x_t, timesteps, cond)
 
     # ------------------------------------------------------------------ access

@@ -1,0 +1,178 @@
+"""CHATS on the toy world: the paper's Table 1, Table 4 and Fig. 3 analogues, N seeds.
+
+For each seed s it trains (with ``train.seed=s``, ``data.seed=s``) and evaluates against the base
+on the same held-out toy prompts and sampling seeds (``eval.seed=1000·s``, 200 prompts, exact
+oracle), exactly like ``benchmarks/toy_results.py`` (whose ``dpo-toy`` runs it reuses):
+
+- ``chats``         chats-toy (training null "empty"), sampled with α ∈ {0, 0.25, 0.5, 0.7, 1}
+- ``chats-zeros``   chats-toy with the reference code's training null (zeros)
+- ``chats-noref``   chats-toy without the reference (Table 4 "two models (w/o ref)"), α = 0
+- ``sft-pairs``     one model, plain denoising loss on winners and losers (Table 4 row 1)
+- ``sft-toy``       one model on the winners only (Table 4 row 2)
+- ``dpo-toy``       Diffusion-DPO (Table 1)
+
+Every model samples with s = 2 (diffusers' w = 3, the toy recipes' evaluation setting); CHATS
+is also measured at the paper's s = 5 (α = 0.5). Prints markdown tables.
+
+    python benchmarks/chats_toy.py                       # diffusion toy, seeds 0 1 2
+    python benchmarks/chats_toy.py --kind toy-flux       # the flow toy (chats-toy-flow)
+    python benchmarks/chats_toy.py --only chats --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ALPHAS = (0.0, 0.25, 0.5, 0.7, 1.0)
+VARIANTS = ("chats", "chats-zeros", "chats-noref", "sft-pairs", "sft-toy", "dpo-toy")
+
+
+def _recipe(variant: str, kind: str):
+    from pref_apps import recipes as apps_recipes
+    from pref_chats import recipes as chats_recipes
+
+    chats = chats_recipes.CHATS_TOY if kind == "toy" else chats_recipes.CHATS_TOY_FLOW
+    table = {
+        "chats": (chats, {}),
+        "chats-zeros": (chats, {"objective.null": "zeros"}),
+        "chats-noref": (chats, {"objective.reference": False}),
+        "sft-pairs": (apps_recipes.SFT_TOY, {"data.source": "toy-pair-images"}),
+        "sft-toy": (apps_recipes.SFT_TOY, {}),
+        "dpo-toy": (apps_recipes.DPO_TOY, {}),
+    }
+    return table[variant]
+
+
+def _run_dir(out: Path, kind: str, variant: str, seed: int) -> Path:
+    if variant in ("dpo-toy", "sft-toy"):  # the same runs as benchmarks/toy_results.py
+        return out.parent / "toy-results" / f"{kind}-{variant}-seed{seed}"
+    return out / f"{kind}-{variant}-seed{seed}"
+
+
+def train(variant: str, kind: str, seed: int, out: Path) -> Path:
+    from pref_apps.config import build_config
+    from pref_apps.trainer import run_recipe
+
+    recipe, extra = _recipe(variant, kind)
+    run_dir = _run_dir(out, kind, variant, seed)
+    if not (run_dir / "eval" / "eval.json").exists():
+        settings = {
+            "model.base": f"toy-pretrained:{kind}",
+            "train.seed": seed,
+            "data.seed": seed,
+            "eval.seed": 1000 * seed,
+            "log.progress": False,
+            "log.output_dir": str(run_dir),
+            **extra,
+        }
+        config = build_config(recipe, [("benchmark", settings)])
+        started = time.perf_counter()
+        run_recipe(recipe, config, run_dir=run_dir)
+        print(f"{run_dir.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return run_dir
+
+
+def evaluate_guided(run_dir: Path, seed: int, label: str, **changes) -> dict:
+    """Score a trained pair with its sampler's fields changed (alpha, scale), cached as JSON."""
+    path = run_dir / "eval-extra" / f"{label}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import yaml
+
+    from pref_apps.config import build_config
+    from pref_apps.evaluation import evaluate_single, load_prompts
+    from pref_apps.models import load_for_sampling
+    from pref_apps.scorers import load_scorer
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    e = config["eval"]
+    model = load_for_sampling(str(run_dir)).with_guidance(**changes)
+    result = evaluate_single(
+        model,
+        load_prompts(e["prompts"]),
+        load_scorer(e["scorer"]),
+        num_inference_steps=e["steps"],
+        scheduler=e["scheduler"],
+        batch_size=e["batch_size"],
+        seeds=1000 * seed,
+        progress=False,
+    )
+    data = result.to_json()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    del build_config
+    return data
+
+
+def _score(data: dict, label: str) -> float:
+    return data["models"][label]["metrics"]["total"]["mean"]
+
+
+def _win(data: dict) -> str:
+    w = data["win_rate"]
+    return f"{w['rate']:.1%} [{w['low']:.1%}, {w['high']:.1%}]"
+
+
+def _summary(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kind", default="toy", choices=["toy", "toy-flux"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=Path("runs/chats-toy"))
+    parser.add_argument("--no-sweep", action="store_true", help="skip the alpha sweep")
+    args = parser.parse_args(argv)
+
+    runs = {v: [train(v, args.kind, s, args.out) for s in args.seeds] for v in args.only}
+    evals = {
+        v: [json.loads((r / "eval" / "eval.json").read_text()) for r in rs]
+        for v, rs in runs.items()
+    }
+    first = next(iter(evals.values()))
+    base = [_score(d, "base") for d in first]
+    print(f"\n### {args.kind}: oracle score (mean ± sd over seeds {args.seeds}), s = 2\n")
+    print("| model | oracle score | win rate vs base per seed [95% CI] |")
+    print("| --- | --- | --- |")
+    print(f"| base (CFG) | {_summary(base)} | — |")
+    for v, ds in evals.items():
+        wins = "; ".join(_win(d) for d in ds)
+        print(f"| {v} | {_summary([_score(d, 'tuned') for d in ds])} | {wins} |")
+
+    if "chats" in runs and not args.no_sweep:
+        print("\n### alpha sweep (chats, proxy prompt, s = 2)\n")
+        print("| alpha | oracle score | mean win rate vs base |")
+        print("| --- | --- | --- |")
+        for alpha in ALPHAS:
+            scores = []
+            for seed, run_dir in zip(args.seeds, runs["chats"]):
+                d = evaluate_guided(run_dir, seed, f"alpha{alpha}", alpha=alpha)
+                scores.append(_score(d, "model"))
+            print(f"| {alpha} | {_summary(scores)} | — |")
+        s5 = [
+            _score(evaluate_guided(r, s, "scale5", scale=5.0), "model")
+            for s, r in zip(args.seeds, runs["chats"])
+        ]
+        print(f"\nchats at the paper's s = 5, alpha = 0.5: {_summary(s5)}")
+    if "chats-noref" in runs:
+        noref = [
+            _score(evaluate_guided(r, s, "alpha0.0", alpha=0.0), "model")
+            for s, r in zip(args.seeds, runs["chats-noref"])
+        ]
+        print(f"chats-noref sampled with alpha = 0 (two-model CFG): {_summary(noref)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
