@@ -107,7 +107,7 @@ def test_lora_pair_round_trip_gives_identical_samples(tmp_path):
 
 
 def test_broken_folders_are_explained(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pref_model.json"):
+    with pytest.raises(FileNotFoundError, match=r"pref_model\.json"):
         load_pair(tmp_path)
     (tmp_path / "pref_model.json").write_text('{"method": "chats", "dispreferred": "nope"}')
     save_toy(load_backbone("toy", seed=0), tmp_path)

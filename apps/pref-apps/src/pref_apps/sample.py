@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
         "default: the model's",
     )
     parser.add_argument(
+        "--guidance-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a setting of a multi-network model's own sampler (a CHATS pair: "
+        "scale=S, alpha=A, null=empty|zeros|pipeline); repeatable",
+    )
+    parser.add_argument(
         "--scheduler", default="default", help="default, ddim, euler, dpm-solver or flow-euler"
     )
     parser.add_argument("--negative-prompt", metavar="TEXT", help="negative prompt for all images")
@@ -86,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _err(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _settings(items: list[str]) -> dict[str, object]:
+    """``["alpha=0.25", "null=zeros"]`` → ``{"alpha": 0.25, "null": "zeros"}``."""
+    settings: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"--guidance-set takes KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = float(text)
+        except ValueError:
+            settings[key] = text
+    return settings
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -124,16 +146,34 @@ def _sample(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise _UsageError(f"could not load {args.model!r}: {exc}") from None
 
+    from pref_core.backbones.guided import GuidedModel
     from pref_core.backbones.sampling import make_scheduler, sample
 
+    denoisers = None
     try:
+        if isinstance(backbone, GuidedModel):
+            if args.guidance_scale is not None:
+                raise _UsageError(
+                    f"{args.model} is a {backbone.method} model that samples with its own rule "
+                    f"({backbone.guidance!r}); change its scale with --guidance-set scale=S"
+                )
+            backbone = backbone.with_guidance(**_settings(args.guidance_set))
+            guidance, denoisers = backbone.guidance, dict(backbone.denoisers)
+            backbone = backbone.backbone
+        elif args.guidance_set:
+            raise _UsageError(
+                "--guidance-set changes the sampler of a multi-network model (a CHATS pair); "
+                f"{args.model} is a single model: use --guidance-scale"
+            )
+        else:
+            guidance = resolve_guidance(backbone, guidance_scale=args.guidance_scale)
         make_scheduler(backbone, args.scheduler)
-        guidance = resolve_guidance(backbone, guidance_scale=args.guidance_scale)
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
     result = sample(
         backbone,
         prompts,
+        denoisers=denoisers,
         guidance=guidance,
         scheduler=args.scheduler,
         num_inference_steps=args.steps,
