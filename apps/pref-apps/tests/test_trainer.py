@@ -289,3 +289,25 @@ def test_text_encoder_training_is_refused_outside_toy_pretraining(tmp_path):
     config = _config(recipes.DPO_TOY, tmp_path / "run", **{"model.train_text_encoder": True})
     with pytest.raises(ValueError, match="train_text_encoder is for training toy bases"):
         trainer.run_recipe(recipes.DPO_TOY, config, report=False)
+
+
+def test_toy_pair_images_holds_both_images_of_every_pair():
+    """data.source=toy-pair-images (CHATS Table 4's "single model, full data"): item 2i is pair
+    i's winner, 2i + 1 its loser, each with the pair's prompt."""
+    from pref_data import toy
+
+    config = build_config(
+        recipes.SFT_TOY, [("test", {"data.source": "toy-pair-images", "data.size": 6})]
+    )
+    data = trainer.build_data(config, recipes.SFT_TOY, _ToyBackbone(), main=True)
+    pairs = toy.PreferencePairs(6, seed=config.data.seed, flip_rate=config.data.flip_rate)
+    assert data.kind == "images" and len(data.dataset) == 12
+    for i in range(6):
+        winner, loser = data.dataset[2 * i], data.dataset[2 * i + 1]
+        assert winner["prompt"] == loser["prompt"] == pairs[i]["prompt"]
+        assert torch.equal(torch.as_tensor(winner["image"]), torch.as_tensor(pairs[i]["winner"]))
+        assert torch.equal(torch.as_tensor(loser["image"]), torch.as_tensor(pairs[i]["loser"]))
+
+
+class _ToyBackbone:
+    sample_size = (32, 32)
