@@ -82,6 +82,13 @@ def evaluate_guided(run_dir: Path, seed: int, label: str, **changes) -> dict:
     path = run_dir / "eval-extra" / f"{label}.json"
     if path.exists():
         return json.loads(path.read_text())
+    saved = json.loads((run_dir / "final" / "pref_model.json").read_text())["sampler"]
+    if all(saved.get(k) == v for k, v in changes.items()):  # the run's own evaluation
+        data = json.loads((run_dir / "eval" / "eval.json").read_text())
+        data["models"] = {"model": data["models"]["tuned"]}
+        for row in data["per_prompt"]:
+            row["scores"] = {"model": row["scores"]["tuned"]}
+        return data
     import yaml
 
     from pref_apps.config import build_config
@@ -111,6 +118,20 @@ def evaluate_guided(run_dir: Path, seed: int, label: str, **changes) -> dict:
 
 def _score(data: dict, label: str) -> float:
     return data["models"][label]["metrics"]["total"]["mean"]
+
+
+def _per_prompt(data: dict, label: str) -> list[float]:
+    return [row["scores"][label]["total"] for row in data["per_prompt"]]
+
+
+def _win_vs_base(data: dict, label: str, run_eval: dict) -> str:
+    """Win rate of ``label`` in ``data`` over the base of the run's own evaluation (same
+    prompts, same seeds)."""
+    from pref_apps.stats import win_rate_ci
+
+    assert data["settings"]["seeds"] == run_eval["settings"]["seeds"]
+    w = win_rate_ci(_per_prompt(data, label), _per_prompt(run_eval, "base"))
+    return f"{w.rate:.1%} [{w.low:.1%}, {w.high:.1%}]"
 
 
 def _win(data: dict) -> str:
@@ -150,27 +171,26 @@ def main(argv: list[str] | None = None) -> int:
         wins = "; ".join(_win(d) for d in ds)
         print(f"| {v} | {_summary([_score(d, 'tuned') for d in ds])} | {wins} |")
 
+    def extra(variant: str, label: str, **changes) -> None:
+        rows = [
+            (evaluate_guided(r, s, label, **changes), e)
+            for s, r, e in zip(args.seeds, runs[variant], evals[variant])
+        ]
+        scores = [_score(d, "model") for d, _ in rows]
+        wins = "; ".join(_win_vs_base(d, "model", e) for d, e in rows)
+        setting = ", ".join(f"{k} = {v}" for k, v in changes.items())
+        print(f"| {variant} | {setting} | {_summary(scores)} | {wins} |")
+
+    if ("chats" in runs and not args.no_sweep) or "chats-noref" in runs:
+        print("\n### re-sampled pairs (the same trained models, other sampler settings)\n")
+        print("| model | sampler | oracle score | win rate vs base per seed [95% CI] |")
+        print("| --- | --- | --- | --- |")
     if "chats" in runs and not args.no_sweep:
-        print("\n### alpha sweep (chats, proxy prompt, s = 2)\n")
-        print("| alpha | oracle score | mean win rate vs base |")
-        print("| --- | --- | --- |")
         for alpha in ALPHAS:
-            scores = []
-            for seed, run_dir in zip(args.seeds, runs["chats"]):
-                d = evaluate_guided(run_dir, seed, f"alpha{alpha}", alpha=alpha)
-                scores.append(_score(d, "model"))
-            print(f"| {alpha} | {_summary(scores)} | — |")
-        s5 = [
-            _score(evaluate_guided(r, s, "scale5", scale=5.0), "model")
-            for s, r in zip(args.seeds, runs["chats"])
-        ]
-        print(f"\nchats at the paper's s = 5, alpha = 0.5: {_summary(s5)}")
+            extra("chats", f"alpha{alpha}", alpha=alpha)
+        extra("chats", "scale5", scale=5.0)
     if "chats-noref" in runs:
-        noref = [
-            _score(evaluate_guided(r, s, "alpha0.0", alpha=0.0), "model")
-            for s, r in zip(args.seeds, runs["chats-noref"])
-        ]
-        print(f"chats-noref sampled with alpha = 0 (two-model CFG): {_summary(noref)}")
+        extra("chats-noref", "alpha0.0", alpha=0.0)
     return 0
 
 
