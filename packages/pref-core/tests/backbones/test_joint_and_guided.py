@@ -116,3 +116,18 @@ def test_manifest_round_trip_and_errors(tmp_path):
         load_guided(tmp_path)
     with pytest.raises(FileNotFoundError, match="plain pipeline"):
         load_guided(tmp_path / "missing")
+
+
+@pytest.mark.gpu
+def test_separate_networks_on_cuda_streams_give_the_sequential_results():
+    a, b = _Counting(0).cuda(), _Counting(1).cuda()
+    calls = []
+    for i, d in enumerate((a, b)):
+        _, x, t, c = _call(d, 4, i)
+        calls.append((d, x.cuda(), t.cuda(), c.to("cuda")))
+    with torch.no_grad():
+        expected = [d(x, t, c) for d, x, t, c in calls]
+        out = run_jointly(calls)
+    torch.cuda.synchronize()
+    for got, want in zip(out, expected):
+        torch.testing.assert_close(got, want)
