@@ -4,7 +4,9 @@ For each seed s it trains (with ``train.seed=s``, ``data.seed=s``) and evaluates
 on the same held-out toy prompts and sampling seeds (``eval.seed=1000·s``, 200 prompts, exact
 oracle), exactly like ``benchmarks/toy_results.py`` (whose ``dpo-toy`` runs it reuses):
 
-- ``chats``         chats-toy (training null "empty"), sampled with α ∈ {0, 0.25, 0.5, 0.7, 1}
+- ``chats``         chats-toy at Diffusion-DPO's toy lr 2e-5 (training null "empty"), sampled
+                    with α ∈ {0, 0.25, 0.5, 0.7, 1}; the ablations below use the same lr
+- ``chats-tuned``   chats-toy with the recipe's default (tuned) learning rate
 - ``chats-zeros``   chats-toy with the reference code's training null (zeros)
 - ``chats-noref``   chats-toy without the reference (Table 4 "two models (w/o ref)"), α = 0
 - ``sft-pairs``     one model, plain denoising loss on winners and losers (Table 4 row 1)
@@ -29,7 +31,15 @@ import time
 from pathlib import Path
 
 ALPHAS = (0.0, 0.25, 0.5, 0.7, 1.0)
-VARIANTS = ("chats", "chats-zeros", "chats-noref", "sft-pairs", "sft-toy", "dpo-toy")
+VARIANTS = (
+    "chats",
+    "chats-tuned",
+    "chats-zeros",
+    "chats-noref",
+    "sft-pairs",
+    "sft-toy",
+    "dpo-toy",
+)
 
 
 def _recipe(variant: str, kind: str):
@@ -37,10 +47,14 @@ def _recipe(variant: str, kind: str):
     from pref_chats import recipes as chats_recipes
 
     chats = chats_recipes.CHATS_TOY if kind == "toy" else chats_recipes.CHATS_TOY_FLOW
+    # The ablations train with Diffusion-DPO's toy learning rate (2e-5), so that every
+    # variant and DPO take the same steps; "chats-tuned" is the recipe's default.
+    same = {"optim.lr": 2e-5}
     table = {
-        "chats": (chats, {}),
-        "chats-zeros": (chats, {"objective.null": "zeros"}),
-        "chats-noref": (chats, {"objective.reference": False}),
+        "chats": (chats, same),
+        "chats-zeros": (chats, {**same, "objective.null": "zeros"}),
+        "chats-noref": (chats, {**same, "objective.reference": False}),
+        "chats-tuned": (chats, {}),
         "sft-pairs": (apps_recipes.SFT_TOY, {"data.source": "toy-pair-images"}),
         "sft-toy": (apps_recipes.SFT_TOY, {}),
         "dpo-toy": (apps_recipes.DPO_TOY, {}),
