@@ -54,7 +54,9 @@ _TOY = {
     "data.source": "toy-pairs",
     "data.size": 8192,
     "data.flip_rate": 0.1,
-    "optim.lr": 2e-5,
+    # calibrated on seed 0 (docs/benchmarks.md): lr 2e-5 (Diffusion-DPO's toy lr) / 4e-5 / 8e-5
+    # gave oracle 0.594 / 0.613 / 0.636 and win rates 66.5% / 67.5% / 73.0% over the base
+    "optim.lr": 8e-5,
     "optim.schedule": "constant",
     "optim.warmup_steps": 10,
     "train.steps": 150,
