@@ -158,7 +158,9 @@ def test_plugs_into_sample_and_alpha_zero_with_one_model_is_cfg():
         denoisers={"preferred": backbone.denoiser, "dispreferred": backbone.denoiser},
         **kwargs,
     ).images
-    torch.testing.assert_close(chats, cfg, atol=2e-5, rtol=0)
+    # equal in exact arithmetic; float32 sums in another order (and batch sizes 2B vs 3B, which
+    # change the kernels' blocking with the thread count) differ by ~1e-5 after three steps
+    torch.testing.assert_close(chats, cfg, atol=1e-4, rtol=0)
     three = sample(
         backbone,
         prompts,
@@ -168,4 +170,4 @@ def test_plugs_into_sample_and_alpha_zero_with_one_model_is_cfg():
     ).images
     # one model for both: (1+s)ε(c) + sα ε(c) − s(1+α) ε(∅) = CFG at s' = s(1+α)
     cfg3 = sample(backbone, prompts, guidance=ClassifierFreeGuidance(3.0), **kwargs).images
-    torch.testing.assert_close(three, cfg3, atol=2e-5, rtol=0)
+    torch.testing.assert_close(three, cfg3, atol=1e-4, rtol=0)

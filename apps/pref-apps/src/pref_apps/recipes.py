@@ -14,7 +14,7 @@ import hashlib
 import json
 
 from pref_core.objectives import DiffusionDPO
-from pref_core.recipes import Recipe
+from pref_core.recipes import LORA_DEFAULTS, MODEL_DEFAULTS, Recipe
 
 # ------------------------------------------------------------------------------ the toy world
 _TOY_PRETRAIN_DEFAULTS = {
@@ -132,15 +132,7 @@ _DPO_COMMON = {
     "log.sample_every": 250,
     "log.checkpoint_every": 250,
 }
-_LORA = {
-    "model.mode": "lora",
-    "model.lora_rank": 64,
-    # LoRA updates need a far larger step than full fine-tuning (the diffusers LoRA example uses
-    # 1e-5 unscaled for SD 1.5 with beta 2500 = 5000 with the 1/2 folded in).
-    "optim.lr": 1e-5,
-    "optim.scale_lr": False,
-    "train.grad_accum": 16,
-}
+_LORA = LORA_DEFAULTS
 
 
 def _dpo(name: str, description: str, defaults: dict, paper: str, hardware: str) -> Recipe:
@@ -154,25 +146,9 @@ def _dpo(name: str, description: str, defaults: dict, paper: str, hardware: str)
     )
 
 
-_SD15 = {
-    "model.base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "data.resolution": 512,
-    "optim.optimizer": "adamw",
-}
-_SDXL = {
-    "model.base": "stabilityai/stable-diffusion-xl-base-1.0",
-    "data.resolution": 1024,
-    "optim.optimizer": "adafactor",
-    "model.dtype": "bfloat16",
-}
-_FLUX = {
-    "model.base": "black-forest-labs/FLUX.1-dev",
-    "data.resolution": 1024,
-    "optim.optimizer": "adamw",
-    "model.dtype": "bfloat16",
-    "model.flow_density": "logit_normal",
-    "objective.beta": 1000.0,
-}
+_SD15 = MODEL_DEFAULTS["sd15"]
+_SDXL = MODEL_DEFAULTS["sdxl"]
+_FLUX = {**MODEL_DEFAULTS["flux"], "objective.beta": 1000.0}
 
 DPO_SD15 = _dpo(
     "dpo-sd15",

@@ -54,16 +54,9 @@ def _null(backbone: Any, batch_size: int, mode: str, negative_prompts) -> Condit
     return backbone.null_condition(batch_size, mode)
 
 
-def _check(scale: float, alpha: float, null: str) -> None:
-    if scale < 0:
-        raise ValueError(f"the guidance scale s must be >= 0, got {scale}")
-    if null not in NULL_CHOICES:
-        raise ValueError(f"unknown null {null!r}; use one of {NULL_CHOICES}")
-
-
 @dataclass(frozen=True)
-class ProxyPromptGuidance:
-    """CHATS Eq. 17: ε̃ = (1 + s)·ε⁺(c) − s·ε⁻(ĉ), ĉ = −α·c + (1 + α)·∅.
+class _ChatsRule:
+    """What both CHATS rules share: s, α, how ∅ is made, FLUX's guidance input, the names.
 
     Args:
         scale: s (paper: 5).
@@ -84,21 +77,39 @@ class ProxyPromptGuidance:
     dispreferred: str = "dispreferred"
 
     def __post_init__(self) -> None:
-        _check(self.scale, self.alpha, self.null)
+        if self.scale < 0:
+            raise ValueError(f"the guidance scale s must be >= 0, got {self.scale}")
+        if self.null not in NULL_CHOICES:
+            raise ValueError(f"unknown null {self.null!r}; use one of {NULL_CHOICES}")
 
     @property
     def requires(self) -> tuple[str, ...]:
         return (self.preferred, self.dispreferred)
 
-    def prepare(
-        self, backbone: Any, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None
+    def _cond_and_null(
+        self, backbone: Any, prompts: Sequence[str], negative_prompts: Sequence[str] | None
     ) -> tuple[Conditioning, Conditioning]:
-        """(c, ĉ) for B prompts."""
         cond = backbone.encode(prompts)
         null = _null(backbone, len(cond), self.null, negative_prompts)
         if self.guidance is not None:
             cond = with_guidance_value(cond, self.guidance)
             null = with_guidance_value(null, self.guidance)
+        return cond, null
+
+
+@dataclass(frozen=True)
+class ProxyPromptGuidance(_ChatsRule):
+    """CHATS Eq. 17: ε̃ = (1 + s)·ε⁺(c) − s·ε⁻(ĉ), ĉ = −α·c + (1 + α)·∅.
+
+    Settings: see ``_ChatsRule`` (``scale``, ``alpha``, ``null``, ``guidance``, ``preferred``,
+    ``dispreferred``).
+    """
+
+    def prepare(
+        self, backbone: Any, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None
+    ) -> tuple[Conditioning, Conditioning]:
+        """(c, ĉ) for B prompts."""
+        cond, null = self._cond_and_null(backbone, prompts, negative_prompts)
         proxy = Conditioning.linear_combination([cond, null], [-self.alpha, 1.0 + self.alpha])
         return cond, proxy
 
@@ -120,37 +131,18 @@ class ProxyPromptGuidance:
 
 
 @dataclass(frozen=True)
-class ThreeTermGuidance:
+class ThreeTermGuidance(_ChatsRule):
     """CHATS Eq. 16: ε̃ = (1 + s)·ε⁺(c) + s·α·ε⁻(c) − s·(1 + α)·ε⁻(∅).
 
     The exact form of Eq. 15, p̃ ∝ p⁺(z|c)^{1+s} · p⁻(z|c)^{αs} · p⁻(z)^{−(1+α)s}; one more
-    prediction per step than :class:`ProxyPromptGuidance`. Arguments as there.
+    prediction per step than :class:`ProxyPromptGuidance`, whose settings it shares.
     """
-
-    scale: float = 5.0
-    alpha: float = 0.5
-    null: str = "empty"
-    guidance: float | None = None
-    preferred: str = "preferred"
-    dispreferred: str = "dispreferred"
-
-    def __post_init__(self) -> None:
-        _check(self.scale, self.alpha, self.null)
-
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return (self.preferred, self.dispreferred)
 
     def prepare(
         self, backbone: Any, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None
     ) -> tuple[Conditioning, Conditioning]:
         """(c, ∅) for B prompts."""
-        cond = backbone.encode(prompts)
-        null = _null(backbone, len(cond), self.null, negative_prompts)
-        if self.guidance is not None:
-            cond = with_guidance_value(cond, self.guidance)
-            null = with_guidance_value(null, self.guidance)
-        return cond, null
+        return self._cond_and_null(backbone, prompts, negative_prompts)
 
     def __call__(
         self,

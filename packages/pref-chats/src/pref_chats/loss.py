@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pref_core.losses import reduce_losses
+
 __all__ = ["chats_logits", "chats_loss", "chats_metrics"]
 
 
@@ -62,13 +64,7 @@ def chats_loss(
     losses = -F.logsigmoid(
         chats_logits(preferred_w, dispreferred_l, reference_w, reference_l, temperature=temperature)
     )
-    if reduction == "mean":
-        return losses.mean()
-    if reduction == "sum":
-        return losses.sum()
-    if reduction == "none":
-        return losses
-    raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
+    return reduce_losses(losses, reduction)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pref_chats.objective import CHATS, POLICIES, chats_step
 from pref_chats.pair import finalize_export, guided_from_policies
-from pref_core.recipes import Recipe
+from pref_core.recipes import LORA_DEFAULTS, MODEL_DEFAULTS, Recipe
 
 __all__ = [
     "ALL",
@@ -112,32 +112,10 @@ _COMMON = {
     "log.sample_every": 250,
     "log.checkpoint_every": 250,
 }
-_LORA = {
-    "model.mode": "lora",
-    "model.lora_rank": 64,
-    # LoRA needs a far larger step than full fine-tuning (as for Diffusion-DPO with LoRA)
-    "optim.lr": 1e-5,
-    "optim.scale_lr": False,
-    "train.grad_accum": 16,
-}
-_SD15 = {
-    "model.base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "data.resolution": 512,
-    "optim.optimizer": "adamw",
-}
-_SDXL = {
-    "model.base": "stabilityai/stable-diffusion-xl-base-1.0",
-    "data.resolution": 1024,
-    "optim.optimizer": "adafactor",
-    "model.dtype": "bfloat16",
-}
-_FLUX = {
-    "model.base": "black-forest-labs/FLUX.1-dev",
-    "data.resolution": 1024,
-    "optim.optimizer": "adamw",
-    "model.dtype": "bfloat16",
-    "model.flow_density": "logit_normal",
-}
+_LORA = LORA_DEFAULTS
+_SD15 = MODEL_DEFAULTS["sd15"]
+_SDXL = MODEL_DEFAULTS["sdxl"]
+_FLUX = MODEL_DEFAULTS["flux"]
 
 CHATS_SD15 = _chats(
     "chats-sd15",

@@ -41,6 +41,8 @@ from pref_core.pairs import draw_noise_like, noise_pair, predict_pair
 from pref_core.protocols import Denoiser, NoiseProcess, ObjectiveOutput, PreferenceObjective
 
 __all__ = [
+    "LORA_DEFAULTS",
+    "MODEL_DEFAULTS",
     "TASKS",
     "DenoisingBatch",
     "Recipe",
@@ -51,6 +53,40 @@ __all__ = [
 ]
 
 TASKS = ("preference", "denoising")
+
+# Per-model trainer settings every method's real-model recipes share (the base, the resolution,
+# the optimiser the papers use for that model, the frozen parts' dtype, the flow timestep
+# density); a recipe adds its method's settings on top: ``{**MODEL_DEFAULTS["sdxl"], ...}``.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sd15": {
+        "model.base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "data.resolution": 512,
+        "optim.optimizer": "adamw",
+    },
+    "sdxl": {
+        "model.base": "stabilityai/stable-diffusion-xl-base-1.0",
+        "data.resolution": 1024,
+        "optim.optimizer": "adafactor",
+        "model.dtype": "bfloat16",
+    },
+    "flux": {
+        "model.base": "black-forest-labs/FLUX.1-dev",
+        "data.resolution": 1024,
+        "optim.optimizer": "adamw",
+        "model.dtype": "bfloat16",
+        "model.flow_density": "logit_normal",
+    },
+}
+
+# LoRA instead of full fine-tuning: LoRA updates need a far larger step (the diffusers
+# Diffusion-DPO LoRA example uses 1e-5 unscaled for SD 1.5), and less accumulation.
+LORA_DEFAULTS: dict[str, Any] = {
+    "model.mode": "lora",
+    "model.lora_rank": 64,
+    "optim.lr": 1e-5,
+    "optim.scale_lr": False,
+    "train.grad_accum": 16,
+}
 
 
 @dataclass(frozen=True)

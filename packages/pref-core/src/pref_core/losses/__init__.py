@@ -8,7 +8,7 @@ from pref_core.losses.dpo import (
     implicit_accuracy,
     preference_metrics,
 )
-from pref_core.losses.errors import per_sample_mse
+from pref_core.losses.errors import per_sample_mse, reduce_losses
 
 __all__ = [
     "diffusion_dpo_loss",
@@ -17,4 +17,5 @@ __all__ = [
     "implicit_accuracy",
     "per_sample_mse",
     "preference_metrics",
+    "reduce_losses",
 ]

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pref_core.losses.errors import reduce_losses
+
 
 def dpo_scale(beta: float, *, halve_beta: bool = True) -> float:
     """The factor multiplying −(Δ_w − Δ_l): β/2 (paper) or β (β already halved)."""
@@ -59,14 +61,7 @@ def diffusion_dpo_loss(
     :func:`pref_core.ops.paired_errors`).
     """
     z = dpo_logits(policy_w, policy_l, reference_w, reference_l, beta=beta, halve_beta=halve_beta)
-    losses = -F.logsigmoid(z)
-    if reduction == "mean":
-        return losses.mean()
-    if reduction == "sum":
-        return losses.sum()
-    if reduction == "none":
-        return losses
-    raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
+    return reduce_losses(-F.logsigmoid(z), reduction)
 
 
 @torch.no_grad()

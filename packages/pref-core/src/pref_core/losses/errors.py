@@ -25,3 +25,17 @@ def per_sample_mse(prediction: Tensor, target: Tensor) -> Tensor:
     if diff.ndim == 1:
         return diff.square()
     return diff.square().flatten(1).mean(dim=1)
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduce_losses(losses: Tensor, reduction: str = "mean") -> Tensor:
+    """Per-sample losses (B,) reduced by ``"mean"``, ``"sum"`` or ``"none"`` (returned as is)."""
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "none":
+        return losses
+    raise ValueError(f"unknown reduction {reduction!r}; use one of {REDUCTIONS}")
