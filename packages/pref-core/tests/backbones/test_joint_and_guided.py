@@ -131,3 +131,20 @@ def test_separate_networks_on_cuda_streams_give_the_sequential_results():
     torch.cuda.synchronize()
     for got, want in zip(out, expected):
         torch.testing.assert_close(got, want)
+
+
+def test_policies_report_the_dtype_and_device_of_their_network():
+    """The sampler draws latents on the first denoiser's device and dtype; a PolicySet policy
+    holds no parameters itself, so it reports its network's (on a GPU a LoRA pair would
+    otherwise get CPU latents)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("peft")
+    from pref_core.backbones.loading import load_backbone
+    from pref_core.backbones.sampling import _dtype_device
+    from pref_core.backbones.training import PolicySet
+
+    policies = PolicySet(
+        load_backbone("toy", seed=0), mode="lora", names=("a", "b"), mixed_precision="bf16"
+    )
+    assert list(policies["a"].parameters()) == []
+    assert _dtype_device(policies["a"]) == (torch.bfloat16, torch.device("cpu"))

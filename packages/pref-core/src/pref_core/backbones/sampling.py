@@ -359,7 +359,11 @@ def _dtype_device(module: Any) -> tuple[torch.dtype, torch.device]:
     dtype = getattr(module, "dtype", None)
     if not isinstance(dtype, torch.dtype):
         dtype = floating[0].dtype if floating else torch.float32
-    device = floating[0].device if floating else torch.device("cpu")
+    if floating:
+        device = floating[0].device
+    else:  # a view without parameters of its own (a PolicySet policy) says where it runs
+        device = getattr(module, "device", None)
+        device = device if isinstance(device, torch.device) else torch.device("cpu")
     return dtype, device
 
 

@@ -97,6 +97,20 @@ class _Policy(nn.Module):
     def forward(self, x_t: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
         return self._owner[0]._forward(self.name, x_t, timesteps, cond)
 
+    def _first_parameter(self) -> Tensor:
+        module = self._owner[0]._denoisers[self.name]
+        return next(p for p in module.parameters() if p.is_floating_point())
+
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's network lives (it holds no parameters itself)."""
+        return self._first_parameter().device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the policy's network weights (the frozen base's under LoRA)."""
+        return self._first_parameter().dtype
+
     @property
     def joint_group(self) -> PolicySet:
         """The set this policy belongs to: policies of one set can run in one mixed forward
