@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
-import time
 from pathlib import Path
+
+# the run protocol and summary of benchmarks/toy_results.py (this script's folder is on sys.path
+# when it runs as `python benchmarks/chats_toy.py`)
+from toy_results import summary, train_and_evaluate
 
 ALPHAS = (0.0, 0.25, 0.5, 0.7, 1.0)
 VARIANTS = (
@@ -69,26 +70,8 @@ def _run_dir(out: Path, kind: str, variant: str, seed: int) -> Path:
 
 
 def train(variant: str, kind: str, seed: int, out: Path) -> Path:
-    from pref_apps.config import build_config
-    from pref_apps.trainer import run_recipe
-
     recipe, extra = _recipe(variant, kind)
-    run_dir = _run_dir(out, kind, variant, seed)
-    if not (run_dir / "eval" / "eval.json").exists():
-        settings = {
-            "model.base": f"toy-pretrained:{kind}",
-            "train.seed": seed,
-            "data.seed": seed,
-            "eval.seed": 1000 * seed,
-            "log.progress": False,
-            "log.output_dir": str(run_dir),
-            **extra,
-        }
-        config = build_config(recipe, [("benchmark", settings)])
-        started = time.perf_counter()
-        run_recipe(recipe, config, run_dir=run_dir)
-        print(f"{run_dir.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    return run_dir
+    return train_and_evaluate(recipe, _run_dir(out, kind, variant, seed), kind, seed, extra)
 
 
 def evaluate_guided(run_dir: Path, seed: int, label: str, **changes) -> dict:
@@ -153,12 +136,6 @@ def _win(data: dict) -> str:
     return f"{w['rate']:.1%} [{w['low']:.1%}, {w['high']:.1%}]"
 
 
-def _summary(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -180,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n### {args.kind}: oracle score (mean ± sd over seeds {args.seeds}), s = 2\n")
     print("| model | oracle score | win rate vs base per seed [95% CI] |")
     print("| --- | --- | --- |")
-    print(f"| base (CFG) | {_summary(base)} | — |")
+    print(f"| base (CFG) | {summary(base)} | — |")
     for v, ds in evals.items():
         wins = "; ".join(_win(d) for d in ds)
-        print(f"| {v} | {_summary([_score(d, 'tuned') for d in ds])} | {wins} |")
+        print(f"| {v} | {summary([_score(d, 'tuned') for d in ds])} | {wins} |")
 
     def extra(variant: str, label: str, **changes) -> None:
         rows = [
@@ -193,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = [_score(d, "model") for d, _ in rows]
         wins = "; ".join(_win_vs_base(d, "model", e) for d, e in rows)
         setting = ", ".join(f"{k} = {v}" for k, v in changes.items())
-        print(f"| {variant} | {setting} | {_summary(scores)} | {wins} |")
+        print(f"| {variant} | {setting} | {summary(scores)} | {wins} |")
 
     if ("chats" in runs and not args.no_sweep) or "chats-noref" in runs:
         print("\n### re-sampled pairs (the same trained models, other sampler settings)\n")

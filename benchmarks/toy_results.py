@@ -23,15 +23,14 @@ import time
 from pathlib import Path
 
 
-def run(recipe_name: str, kind: str, seed: int, out: Path, extra: list[str]) -> dict:
-    from pref_apps import recipes
-    from pref_apps.config import build_config, parse_overrides
+def train_and_evaluate(recipe, run_dir: Path, kind: str, seed: int, extra: dict) -> Path:
+    """Train ``recipe`` from the toy base of ``kind`` with train/data seed ``seed`` and evaluate
+    it against the base on sampling seeds 1000·seed, unless ``run_dir`` already has its
+    evaluation; ``extra`` settings go over the benchmark's."""
+    from pref_apps.config import build_config
     from pref_apps.trainer import run_recipe
 
-    recipe = {"sft-toy": recipes.SFT_TOY, "dpo-toy": recipes.DPO_TOY}[recipe_name]
-    run_dir = out / f"{kind}-{recipe_name}-seed{seed}"
-    eval_json = run_dir / "eval" / "eval.json"
-    if not eval_json.exists():
+    if not (run_dir / "eval" / "eval.json").exists():
         settings = {
             "model.base": f"toy-pretrained:{kind}",
             "train.seed": seed,
@@ -39,17 +38,26 @@ def run(recipe_name: str, kind: str, seed: int, out: Path, extra: list[str]) -> 
             "eval.seed": 1000 * seed,
             "log.progress": False,
             "log.output_dir": str(run_dir),
+            **extra,
         }
-        config = build_config(
-            recipe, [("benchmark", settings), ("command line", parse_overrides(extra))]
-        )
+        config = build_config(recipe, [("benchmark", settings)])
         started = time.perf_counter()
         run_recipe(recipe, config, run_dir=run_dir)
         print(f"{run_dir.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    return json.loads(eval_json.read_text())
+    return run_dir
 
 
-def _summary(values: list[float]) -> str:
+def run(recipe_name: str, kind: str, seed: int, out: Path, extra: list[str]) -> dict:
+    from pref_apps import recipes
+    from pref_apps.config import parse_overrides
+
+    recipe = {"sft-toy": recipes.SFT_TOY, "dpo-toy": recipes.DPO_TOY}[recipe_name]
+    run_dir = out / f"{kind}-{recipe_name}-seed{seed}"
+    train_and_evaluate(recipe, run_dir, kind, seed, parse_overrides(extra))
+    return json.loads((run_dir / "eval" / "eval.json").read_text())
+
+
+def summary(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if wins is None
             else "; ".join(f"{w['rate']:.1%} [{w['low']:.1%}, {w['high']:.1%}]" for w in wins)
         )
-        print(f"| {kind} | {name} | {_summary(scores)} | {_summary(success)} | {win_text} |")
+        print(f"| {kind} | {name} | {summary(scores)} | {summary(success)} | {win_text} |")
     return 0
 
 

@@ -20,7 +20,6 @@ What is checked:
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -34,12 +33,18 @@ pytest.importorskip("accelerate")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from PIL import Image  # noqa: E402
 
 from pref_apps import trainer  # noqa: E402
+from pref_apps.testing import (  # noqa: E402
+    TINY_RESOLUTION,
+    build_tiny_models,
+    encoded_image,
+    probe,
+    tiny_run_args,
+)
 from pref_apps.train import main  # noqa: E402
 
-RESOLUTION = 32  # the tiny models' VAEs are 2×: 16×16 latents
+RESOLUTION = TINY_RESOLUTION
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 # Four pairs; (width, height) differs per caption so SDXL's original_size says which pair it is.
@@ -73,24 +78,11 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from pref_core.backbones.tiny_flux import build_tiny_flux
-    from pref_core.backbones.tiny_sd import build_tiny_sd15, build_tiny_sdxl
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {
-        "sd15": build_tiny_sd15(root / "sd15", seed=0),
-        "sdxl": build_tiny_sdxl(root / "sdxl", seed=0),
-        "flux": build_tiny_flux(root / "flux", seed=0),
-    }
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 def _encoded(size: tuple[int, int], seed: int, fmt: str) -> bytes:
-    noise = torch.Generator().manual_seed(seed)
-    width, height = size
-    pixels = torch.randint(0, 256, (height, width, 3), generator=noise, dtype=torch.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy()).save(buffer, format=fmt)
-    return buffer.getvalue()
+    return encoded_image(size, seed, fmt)
 
 
 @pytest.fixture(scope="session")
@@ -116,26 +108,7 @@ def pickapic_file(tmp_path_factory) -> Path:
 
 
 def _args(recipe: str, base: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--recipe",
-        recipe,
-        f"model.base={base}",
-        f"data.source=pickapic:{data}",
-        f"data.resolution={RESOLUTION}",
-        "train.steps=2",
-        "train.batch_size=2",
-        "train.grad_accum=1",
-        "model.dtype=float32",
-        "model.mixed_precision=no",
-        "model.gradient_checkpointing=false",
-        "log.sample_steps=2",
-        "log.sample_prompts=a photo of a cat",
-        "log.tensorboard=false",
-        "log.progress=false",
-        f"log.output_dir={run_dir}",
-        "eval.prompts=null",
-        *extra,
-    ]
+    return tiny_run_args(recipe, base, f"pickapic:{data}", run_dir, *extra)
 
 
 class _Batches:
@@ -187,16 +160,7 @@ def _check_metrics(run_dir: Path) -> list[dict]:
 
 def _probe(backbone, seed: int = 0):
     """A fixed (x_t, t, cond) for comparing denoisers of one tiny family."""
-    g = torch.Generator().manual_seed(seed)
-    latents = RESOLUTION // backbone.codec.downsample_factor
-    x_t = torch.randn(2, backbone.codec.latent_channels, latents, latents, generator=g)
-    if backbone.kind == "flux":  # flow matching: σ in [0, 1], the model sees σ · 1000
-        t = backbone.process.model_timesteps(torch.tensor([0.3, 0.7]))
-    else:  # DDPM: integer timesteps
-        t = torch.tensor([300, 700])
-    with torch.no_grad():
-        cond = backbone.encode(["a photo of a cat", "a dog in the park"])
-    return x_t, t, cond
+    return probe(backbone, seed)
 
 
 def _predict(denoiser, probe) -> torch.Tensor:

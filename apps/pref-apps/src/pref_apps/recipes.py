@@ -14,7 +14,7 @@ import hashlib
 import json
 
 from pref_core.objectives import DiffusionDPO
-from pref_core.recipes import LORA_DEFAULTS, MODEL_DEFAULTS, Recipe
+from pref_core.recipes import LORA_DEFAULTS, MODEL_DEFAULTS, TOY_FINETUNE_DEFAULTS, Recipe
 
 # ------------------------------------------------------------------------------ the toy world
 _TOY_PRETRAIN_DEFAULTS = {
@@ -70,21 +70,7 @@ def toy_pretrain_version(kind: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-_TOY_FINETUNE = {
-    "model.base": "toy-pretrained:toy",
-    "model.mode": "full",
-    "data.size": 8192,
-    "data.flip_rate": 0.1,
-    "optim.schedule": "constant",
-    "optim.warmup_steps": 10,
-    "train.steps": 150,
-    "train.batch_size": 16,
-    "log.every": 10,
-    "eval.prompts": "toy:200",
-    "eval.steps": 20,
-    "eval.scheduler": "auto",
-    "eval.guidance_scale": 3.0,
-}
+_TOY_FINETUNE = TOY_FINETUNE_DEFAULTS
 
 SFT_TOY = Recipe(
     name="sft-toy",

@@ -13,8 +13,8 @@ three-term rule (Eq. 16). See ``docs/methods/chats.md``.
 - :mod:`pref_chats.recipes`: ``chats-toy``, ``chats-toy-flow``, ``chats-sd15``, ``chats-sdxl``,
   ``chats-flux`` (and ``-lora``).
 
-Importing this package loads torch and pref-core's light modules only; the pair loader imports
-diffusers when called.
+Importing this package loads pref-core's backbones (diffusers, transformers): the samplers
+are guidance strategies of pref-core's sampling loop. peft loads when a pair is saved or loaded.
 """
 
 from pref_chats.__about__ import __version__

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pref_chats.objective import CHATS, POLICIES, chats_step
 from pref_chats.pair import finalize_export, guided_from_policies
-from pref_core.recipes import LORA_DEFAULTS, MODEL_DEFAULTS, Recipe
+from pref_core.recipes import LORA_DEFAULTS, MODEL_DEFAULTS, TOY_FINETUNE_DEFAULTS, Recipe
 
 __all__ = [
     "ALL",
@@ -49,25 +49,13 @@ def _chats(name: str, description: str, defaults: dict, paper: str, hardware: st
 
 # ------------------------------------------------------------------------------ the toy world
 _TOY = {
-    "model.base": "toy-pretrained:toy",
-    "model.mode": "full",
+    **TOY_FINETUNE_DEFAULTS,
     "data.source": "toy-pairs",
-    "data.size": 8192,
-    "data.flip_rate": 0.1,
     # calibrated on seed 0 (docs/benchmarks.md): lr 2e-5 (Diffusion-DPO's toy lr) / 4e-5 / 8e-5
     # gave oracle 0.594 / 0.613 / 0.636 and win rates 66.5% / 67.5% / 73.0% over the base
     "optim.lr": 8e-5,
-    "optim.schedule": "constant",
-    "optim.warmup_steps": 10,
-    "train.steps": 150,
-    "train.batch_size": 16,
-    "log.every": 10,
-    "eval.prompts": "toy:200",
-    "eval.steps": 20,
-    "eval.scheduler": "auto",
     # the base (and Diffusion-DPO) are sampled with diffusers' w = 3, i.e. s = 2; CHATS samples
     # with the same s so the comparison isolates the method (the paper's s = 5 is measured too)
-    "eval.guidance_scale": 3.0,
     "objective.guidance_scale": 2.0,
     "objective.temperature": 1000.0,
 }
@@ -77,7 +65,7 @@ CHATS_TOY = _chats(
     "CHATS on the toy world (diffusion toy base), then evaluation against the base",
     _TOY,
     "CHATS (Fu et al. 2025) scaled to the toy world: T = 1000, p_uncond 0.5, proxy prompt α = 0.5",
-    "2 CPU cores: a few minutes with evaluation",
+    "2 CPU cores: 7-12 min with evaluation (measured, docs/benchmarks.md)",
 )
 CHATS_TOY_FLOW = _chats(
     "chats-toy-flow",
@@ -86,7 +74,7 @@ CHATS_TOY_FLOW = _chats(
     # untested on the flow base
     {**_TOY, "model.base": "toy-pretrained:toy-flux", "optim.lr": 2e-5},
     "CHATS Eq. 14 (flow matching) on the toy-flux base",
-    "2 CPU cores: a few minutes with evaluation",
+    "2 CPU cores: 4-6 min with evaluation (measured, docs/benchmarks.md)",
 )
 
 # ------------------------------------------------------------------------------ real models
