@@ -30,30 +30,24 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("pyarrow")
 
 
-from pref_apps import trainer  # noqa: E402
-from pref_apps.testing import (  # noqa: E402
+from pref_apps import trainer
+from pref_apps.testing import (
+    PICKAPIC_PAIRS,
     TINY_RESOLUTION,
     build_tiny_models,
-    encoded_image,
     probe,
     tiny_run_args,
+    write_pickapic_parquet,
 )
-from pref_apps.train import main  # noqa: E402
+from pref_apps.train import main
 
 RESOLUTION = TINY_RESOLUTION
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
-# Four pairs; (width, height) differs per caption so SDXL's original_size says which pair it is.
-PAIRS = {
-    "a photo of a cat sitting on a red chair": (48, 40),
-    "a dog running in the green park": (40, 56),
-    "a bowl of fresh fruit on a wooden table": (64, 48),
-    "a small house by the lake at sunset": (36, 36),
-}
+PAIRS = PICKAPIC_PAIRS
 
 MODELS = {  # recipe → tiny model family
     "dpo-sd15": "sd15",
@@ -81,30 +75,10 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
-def _encoded(size: tuple[int, int], seed: int, fmt: str) -> bytes:
-    return encoded_image(size, seed, fmt)
-
-
 @pytest.fixture(scope="session")
 def pickapic_file(tmp_path_factory) -> Path:
     """A Pick-a-Pic v2 style parquet file: JPEG and PNG bytes, winners on both sides."""
-    rows = []
-    for i, (caption, size) in enumerate(PAIRS.items()):
-        winner = i % 2
-        rows.append(
-            {
-                "caption": caption,
-                "jpg_0": _encoded(size, 2 * i, "JPEG"),
-                "jpg_1": _encoded(size, 2 * i + 1, "PNG"),
-                "label_0": float(winner == 0),
-                "label_1": float(winner == 1),
-                "model_0": "A",
-                "model_1": "B",
-            }
-        )
-    path = tmp_path_factory.mktemp("pickapic") / "train.parquet"
-    pq.write_table(pa.table({k: [r[k] for r in rows] for k in rows[0]}), path)
-    return path
+    return write_pickapic_parquet(tmp_path_factory.mktemp("pickapic") / "train.parquet")
 
 
 def _args(recipe: str, base: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -14,7 +14,13 @@ import hashlib
 import json
 
 from pref_core.objectives import DiffusionDPO
-from pref_core.recipes import LORA_DEFAULTS, MODEL_DEFAULTS, TOY_FINETUNE_DEFAULTS, Recipe
+from pref_core.recipes import (
+    DIFFUSION_DPO_DEFAULTS,
+    LORA_DEFAULTS,
+    MODEL_DEFAULTS,
+    TOY_FINETUNE_DEFAULTS,
+    Recipe,
+)
 
 # ------------------------------------------------------------------------------ the toy world
 _TOY_PRETRAIN_DEFAULTS = {
@@ -98,26 +104,7 @@ DPO_TOY = Recipe(
 )
 
 # ------------------------------------------------------------------------------ real models
-_PICKAPIC = "pickapic:yuvalkirstain/pickapic_v2"
-_DPO_COMMON = {
-    "data.source": _PICKAPIC,
-    "data.prompt_dropout": 0.2,
-    "data.crop": "random",
-    "data.flip_prob": 0.5,
-    "objective.beta": 5000.0,
-    "optim.lr": 1e-8,
-    "optim.scale_lr": True,
-    "optim.warmup_steps": 0,
-    "optim.max_grad_norm": 1.0,
-    "train.steps": 2000,
-    "train.batch_size": 1,
-    "train.grad_accum": 128,
-    "model.mixed_precision": "bf16",
-    "model.gradient_checkpointing": True,
-    "log.every": 10,
-    "log.sample_every": 250,
-    "log.checkpoint_every": 250,
-}
+_DPO_COMMON = {**DIFFUSION_DPO_DEFAULTS, "objective.beta": 5000.0}
 _LORA = LORA_DEFAULTS
 
 

@@ -13,12 +13,22 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "PICKAPIC_PAIRS",
     "TINY_RESOLUTION",
     "build_tiny_models",
     "encoded_image",
     "probe",
     "tiny_run_args",
+    "write_pickapic_parquet",
 ]
+
+# Four pairs; (width, height) differs per caption so SDXL's original_size says which pair it is.
+PICKAPIC_PAIRS = {
+    "a photo of a cat sitting on a red chair": (48, 40),
+    "a dog running in the green park": (40, 56),
+    "a bowl of fresh fruit on a wooden table": (64, 48),
+    "a small house by the lake at sunset": (36, 36),
+}
 
 TINY_RESOLUTION = 32  # the tiny models' VAEs are 2×: 16×16 latents
 
@@ -46,6 +56,35 @@ def encoded_image(size: tuple[int, int], seed: int, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels.numpy()).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def write_pickapic_parquet(
+    path: str | Path, pairs: dict[str, tuple[int, int]] | None = None
+) -> Path:
+    """A Pick-a-Pic v2 style parquet file (``caption``, ``jpg_0``/``jpg_1`` as JPEG and PNG
+    bytes, ``label_0``/``label_1``, ``model_0``/``model_1``), winners on both sides: one pair
+    per caption of ``pairs`` (caption → (width, height); default :data:`PICKAPIC_PAIRS`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for i, (caption, size) in enumerate((pairs or PICKAPIC_PAIRS).items()):
+        winner = i % 2
+        rows.append(
+            {
+                "caption": caption,
+                "jpg_0": encoded_image(size, 2 * i, "JPEG"),
+                "jpg_1": encoded_image(size, 2 * i + 1, "PNG"),
+                "label_0": float(winner == 0),
+                "label_1": float(winner == 1),
+                "model_0": "A",
+                "model_1": "B",
+            }
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: [r[k] for r in rows] for k in rows[0]}), path)
+    return path
 
 
 def tiny_run_args(recipe: str, base: Path, data: str, run_dir: Path, *extra: str) -> list[str]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -198,6 +199,8 @@ class TrainData:
     dataset: Any
     kind: str  # "pairs", "images", "cached"
     describe: str
+    pairs: Any = None  # the decodable pairs, index-aligned with ``dataset`` (pair kinds)
+    key: Mapping[str, Any] | None = None  # what the pairs depend on (for derived caches)
 
 
 def build_data(config: RunConfig, recipe: Recipe, backbone: Any, main: bool) -> TrainData:
@@ -220,7 +223,15 @@ def build_data(config: RunConfig, recipe: Recipe, backbone: Any, main: bool) -> 
                 return TrainData(
                     _PairImages(ds), "images", f"winners and losers of {d.size} toy pairs"
                 )
-            return TrainData(ds, "pairs", f"{d.size} toy pairs ({d.flip_rate:.0%} flipped labels)")
+            key = {
+                "data": d.source,
+                "size": d.size,
+                "seed": d.seed,
+                "flip_rate": d.flip_rate,
+                "resolution": resolution,
+            }
+            describe = f"{d.size} toy pairs ({d.flip_rate:.0%} flipped labels)"
+            return TrainData(ds, "pairs", describe, pairs=ds, key=key)
         raise ValueError(
             f"unknown toy data source {d.source!r}; use toy-pairs, toy-pretrain, toy-winners "
             "or toy-pair-images"
@@ -254,9 +265,21 @@ def build_data(config: RunConfig, recipe: Recipe, backbone: Any, main: bool) -> 
                 progress=config.log.progress,
             )
         return TrainData(
-            pref_data.open_cache(cache_dir, expected_key=key), "cached", f"cache {cache_dir}"
+            pref_data.open_cache(cache_dir, expected_key=key),
+            "cached",
+            f"cache {cache_dir}",
+            pairs=ds,
+            key=key,
         )
-    return TrainData(ds, "pairs", source.name)
+    key = {
+        "data": d.source,
+        "split": d.split,
+        "resolution": resolution,
+        "crop": d.crop,
+        "flip_prob": d.flip_prob,
+        "seed": d.seed,
+    }
+    return TrainData(ds, "pairs", source.name, pairs=ds, key=key)
 
 
 def open_data_source(spec: str, split: str) -> Any:
@@ -378,6 +401,8 @@ class Trainer:
             encoder_params = set_text_encoders_trainable(backbone.encoder)
         self.objective = self.recipe.build_objective(c.objective)
         self.data = build_data(c, self.recipe, backbone, self.main)
+        if self.recipe.prepare_data is not None and self.data.pairs is not None:
+            self.data = self._prepare_data(self.data)
         world = self.accelerator.num_processes
         self.global_batch = world * c.train.batch_size
         self.order = DataOrder(
@@ -407,6 +432,34 @@ class Trainer:
             f"accumulation {c.train.grad_accum} = {total_batch} per step; lr {self.lr:g}\n"
             f"  run directory {self.run_dir}"
         )
+
+    def _prepare_data(self, data: TrainData) -> TrainData:
+        """The recipe's ``prepare_data`` hook: the main process first (it fills the cache),
+        then the others (which read it)."""
+        from pref_core.recipes import DataContext
+
+        c = self.config
+        key = dict(data.key or {})
+        if c.data.cache:
+            cache_dir = Path(c.data.cache) / "derived"
+        else:
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+            cache_dir = cache_root() / "derived" / digest
+        ctx = DataContext(
+            pairs=data.pairs,
+            cache_dir=cache_dir,
+            key=key,
+            device=self.accelerator.device,
+            progress=c.log.progress and self.main,
+            log=self._log,
+        )
+        prepared = None
+        if self.main:
+            prepared = self.recipe.prepare_data(self.objective, data.dataset, ctx)
+        self.accelerator.wait_for_everyone()
+        if not self.main:
+            prepared = self.recipe.prepare_data(self.objective, data.dataset, ctx)
+        return dataclasses.replace(data, dataset=prepared)
 
     # -------------------------------------------------------------- batches
     def _batch(self, step: int, micro: int) -> tuple[Any, list[int], list[str], list[str]]:
@@ -467,13 +520,11 @@ class Trainer:
             if self.data.kind == "cached" and any(drop):
                 null = self.backbone.null_condition(len(items), "empty").to(device)
                 cond = cond.where(torch.tensor(drop, device=device), null)
+        extras: dict[str, Any] = {"prompts": prompts, "ids": ids, "encoded_prompts": enc_prompts}
+        for name in items[0].get("extras", {}):  # the recipe's prepare_data added these
+            extras[name] = torch.stack([it["extras"][name] for it in items]).to(device)
         return (
-            PreferenceBatch(
-                cond,
-                winner,
-                loser,
-                {"prompts": prompts, "ids": ids, "encoded_prompts": enc_prompts},
-            ),
+            PreferenceBatch(cond, winner, loser, extras),
             kept,
             ids,
             skipped,

@@ -16,6 +16,10 @@ Two training steps are built in and cover the common cases:
 - :func:`denoising_step` (task ``"denoising"``): the plain diffusion/flow regression on single
   images — pretraining and the supervised fine-tuning (SFT) baseline.
 
+A method that needs per-sample data beyond the pair (Diff-contrast's CLIP embeddings) passes
+``prepare_data``: it wraps the training dataset once before training (its items may then carry
+an ``"extras"`` dict of tensors, which the trainer stacks into ``PreferenceBatch.extras``).
+
 A method whose step differs (CHATS trains two policies on different halves of the pair) passes
 its own ``step`` with the signature of :class:`TrainingStep`. A method whose result is more than
 one denoiser (CHATS samples with both of its policies) also passes ``sampling`` — how the
@@ -41,10 +45,12 @@ from pref_core.pairs import draw_noise_like, noise_pair, predict_pair
 from pref_core.protocols import Denoiser, NoiseProcess, ObjectiveOutput, PreferenceObjective
 
 __all__ = [
+    "DIFFUSION_DPO_DEFAULTS",
     "LORA_DEFAULTS",
     "MODEL_DEFAULTS",
     "TASKS",
     "TOY_FINETUNE_DEFAULTS",
+    "DataContext",
     "DenoisingBatch",
     "Recipe",
     "StepContext",
@@ -98,6 +104,30 @@ TOY_FINETUNE_DEFAULTS: dict[str, Any] = {
     "eval.guidance_scale": 3.0,
 }
 
+# Diffusion-DPO's training setup on Pick-a-Pic v2 (Wallace et al. 2024 and its public code):
+# the Diffusion-DPO recipes use it, and so do the methods built on that codebase (DSPO,
+# Diff-contrast), which change the objective and its β. Learning rate 1e-8 scaled by the total
+# batch, 20% empty prompts, random crop and flip, bf16 with gradient checkpointing; the paper's
+# effective batch is 2048 (here 1 per GPU × 128 accumulation × the number of GPUs).
+DIFFUSION_DPO_DEFAULTS: dict[str, Any] = {
+    "data.source": "pickapic:yuvalkirstain/pickapic_v2",
+    "data.prompt_dropout": 0.2,
+    "data.crop": "random",
+    "data.flip_prob": 0.5,
+    "optim.lr": 1e-8,
+    "optim.scale_lr": True,
+    "optim.warmup_steps": 0,
+    "optim.max_grad_norm": 1.0,
+    "train.steps": 2000,
+    "train.batch_size": 1,
+    "train.grad_accum": 128,
+    "model.mixed_precision": "bf16",
+    "model.gradient_checkpointing": True,
+    "log.every": 10,
+    "log.sample_every": 250,
+    "log.checkpoint_every": 250,
+}
+
 # LoRA instead of full fine-tuning: LoRA updates need a far larger step (the diffusers
 # Diffusion-DPO LoRA example uses 1e-5 unscaled for SD 1.5), and less accumulation.
 LORA_DEFAULTS: dict[str, Any] = {
@@ -119,6 +149,31 @@ class DenoisingBatch:
 
     def __len__(self) -> int:
         return self.x0.shape[0]
+
+
+@dataclass
+class DataContext:
+    """What a recipe's ``prepare_data`` hook may use.
+
+    Attributes:
+        pairs: the decodable pairs, index-aligned with the dataset being prepared: item i is a
+            mapping with ``"prompt"``, ``"winner"`` and ``"loser"`` images (3, H, W) in [-1, 1]
+            (or a skipped marker for an undecodable pair). When the trainer trains from a latent
+            cache, the dataset holds latents and these are the images they came from.
+        cache_dir: a folder for what the hook derives from the data (embeddings, ...): next to
+            the latent cache when there is one, else in pref's cache, keyed by ``key``.
+        key: what the dataset's content depends on (source, split, size, seeds, resolution).
+        device: where models the hook runs should go.
+        progress: show progress bars.
+        log: the trainer's logger (main process only).
+    """
+
+    pairs: Any
+    cache_dir: Any
+    key: Mapping[str, Any]
+    device: Any = "cpu"
+    progress: bool = True
+    log: Callable[[str], None] = print
 
 
 @dataclass
@@ -221,6 +276,10 @@ class Recipe:
             sample grids come from while training (``policies`` is the trainer's
             :class:`~pref_core.backbones.training.PolicySet`); default: policy ``"policy"``
             (or the first) with the backbone's default guidance.
+        prepare_data: ``prepare_data(objective, dataset, ctx) -> dataset``: wraps the training
+            dataset before training (``ctx`` is a :class:`DataContext`); items of the returned
+            dataset may carry ``"extras"``, a dict of tensors stacked into
+            ``PreferenceBatch.extras``. Run once per process, on the main process first.
         finalize: ``finalize(policies, objective, out_dir, *, lora_dir, base)``: called
             after the trainer exported the first policy as a pipeline into ``out_dir``; adds
             what else the method's result needs (CHATS: the dispreferred denoiser and the
@@ -239,6 +298,7 @@ class Recipe:
     hardware: str = ""
     sampling: Callable[[Any, Any], Any] | None = None
     finalize: Callable[..., None] | None = None
+    prepare_data: Callable[[Any, Any, DataContext], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
