@@ -10,6 +10,9 @@ reuses):
 - ``dspo-ref``   dspo-ref-toy (Table 6's variant)
 - ``dspo-r5000`` dspo-toy with the implicit reward at Diffusion-DPO's scale (reward_scale 5000)
                  and λ = 0.05, so that σ(r_w − r_l) responds to the pair (pref's option)
+- ``lam-0.5``    λ = 0.5 with the reward at Diffusion-DPO's scale (5000): a preference term
+                 500× the paper's, with σ responding to the pair
+- ``e-lam-0.5``  DSPO-E at λ = 0.5 (the same term without σ)
 - ``dpo-toy``, ``sft-toy``  the baselines
 
 Prints the mean oracle score and the win rate over the base, overall and per oracle attribute
@@ -29,7 +32,16 @@ from pathlib import Path
 
 from toy_results import summary, train_and_evaluate
 
-VARIANTS = ("dspo", "dspo-e", "dspo-ref", "dspo-r5000", "sft-toy", "dpo-toy")
+VARIANTS = (
+    "dspo",
+    "dspo-e",
+    "dspo-ref",
+    "dspo-r5000",
+    "lam-0.5",
+    "e-lam-0.5",
+    "sft-toy",
+    "dpo-toy",
+)
 ATTRIBUTES = ("colour", "shape", "position", "size", "background", "quality")
 
 
@@ -43,6 +55,8 @@ def _recipe(variant: str, kind: str):
         "dspo-e": (dspo, {"objective.variant": "dspo-e"}),
         "dspo-ref": (dspo, {"objective.variant": "dspo-ref"}),
         "dspo-r5000": (dspo, {"objective.lam": 0.05, "objective.reward_scale": 5000.0}),
+        "lam-0.5": (dspo, {"objective.lam": 0.5, "objective.reward_scale": 5000.0}),
+        "e-lam-0.5": (dspo, {"objective.lam": 0.5, "objective.variant": "dspo-e"}),
         "sft-toy": (apps_recipes.SFT_TOY, {}),
         "dpo-toy": (apps_recipes.DPO_TOY, {}),
     }

@@ -42,44 +42,19 @@ MAX_LENGTH = 16
 
 
 # ============================================================================ tiny CLIP
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    from pref_core.backbones.tiny_sd import make_clip_tokenizer
+def save_tiny_clip(folder: Path, *, image_size: int, patch_size: int, preprocessor=None) -> Path:
+    """pref-core's tiny CLIP (width 32, projection 24), with or without a preprocessor file."""
+    from pref_core.backbones.tiny_sd import build_tiny_clip
 
-    directory = tmp_path_factory.mktemp("clip-tokenizer")
-    make_clip_tokenizer(directory, model_max_length=MAX_LENGTH)
-    return directory
-
-
-def save_tiny_clip(
-    folder: Path, tokenizer_dir: Path, *, image_size: int, patch_size: int, preprocessor=None
-) -> Path:
-    """A random 2-layer CLIP (width 32, projection 24) with the tiny tokenizer, in ``folder``."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    from pref_core.backbones.tiny_sd import tiny_clip_config
-
-    shutil.copytree(tokenizer_dir, folder)
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
-    text = tiny_clip_config(tokenizer, hidden_size=32, projection_dim=24).to_dict()
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": image_size,
-        "patch_size": patch_size,
-        "projection_dim": 24,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-    }
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = CLIPModel(config)
-    model.save_pretrained(str(folder))
-    if preprocessor is not None:
-        (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    build_tiny_clip(
+        folder,
+        image_size=image_size,
+        patch_size=patch_size,
+        model_max_length=MAX_LENGTH,
+        preprocessor=preprocessor,
+    )
+    if preprocessor is None:
+        (folder / "preprocessor_config.json").unlink()
     return folder
 
 
@@ -99,11 +74,9 @@ PREPROCESSOR = {
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory, tokenizer_dir) -> Path:
+def tiny_clip(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny") / "clip"
-    return save_tiny_clip(
-        folder, tokenizer_dir, image_size=CROP, patch_size=6, preprocessor=PREPROCESSOR
-    )
+    return save_tiny_clip(folder, image_size=CROP, patch_size=6, preprocessor=PREPROCESSOR)
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +192,8 @@ def test_clip_truncates_to_the_text_model_length(tmp_path, tiny_clip, clip_embed
     )
 
 
-def test_clip_without_preprocessor_config_uses_openai_defaults(tmp_path, tokenizer_dir):
-    folder = save_tiny_clip(tmp_path / "clip224", tokenizer_dir, image_size=224, patch_size=32)
+def test_clip_without_preprocessor_config_uses_openai_defaults(tmp_path):
+    folder = save_tiny_clip(tmp_path / "clip224", image_size=224, patch_size=32)
     embedder = ClipEmbedder(str(folder), device="cpu")
     expected = ClipPreprocessing(
         size=224,
@@ -234,10 +207,10 @@ def test_clip_without_preprocessor_config_uses_openai_defaults(tmp_path, tokeniz
     assert image_features.shape == text_features.shape == (2, 24)
 
 
-def test_clip_rejects_a_crop_the_vision_model_cannot_take(tmp_path, tokenizer_dir):
+def test_clip_rejects_a_crop_the_vision_model_cannot_take(tmp_path):
     preprocessor = {**PREPROCESSOR, "crop_size": {"height": 20, "width": 20}}
     folder = save_tiny_clip(
-        tmp_path / "bad", tokenizer_dir, image_size=CROP, patch_size=6, preprocessor=preprocessor
+        tmp_path / "bad", image_size=CROP, patch_size=6, preprocessor=preprocessor
     )
     with pytest.raises(ValueError, match=r"crops to \(20, 20\).*18×18"):
         ClipEmbedder(str(folder), device="cpu")

@@ -3,6 +3,8 @@
     pref-eval --tuned SPEC [--base SPEC] --prompts SPEC [--scorer toy-oracle] [options]
     pref-eval ls                   installed scorers and the packages providing them
     pref-eval report RUN_DIR       (re)write RUN_DIR/report.md and RUN_DIR/plots/
+    pref-eval fid --model SPEC --reference DATASET [options]
+                                   style-alignment FID (:mod:`pref_apps.fid`)
 
 Model specs are run directories (their ``final/`` pipeline), pipeline folders, hub ids or toy
 kinds (:func:`pref_apps.models.load_for_sampling`). When ``--tuned`` is a run directory:
@@ -39,15 +41,17 @@ class _UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        usage=f"{PROG} [-h] [--version] (ls | report RUN_DIR | --tuned SPEC [--base SPEC] "
-        "--prompts SPEC [options])",
+        usage=f"{PROG} [-h] [--version] (ls | report RUN_DIR | fid --model SPEC --reference "
+        "DATASET [options] | --tuned SPEC [--base SPEC] --prompts SPEC [options])",
         description="Evaluate preference alignment: generate with the tuned model and its base on "
         "the same prompts and seeds, score both, and report mean scores with confidence "
         "intervals and the tuned model's win rate.",
         epilog=(
             "Subcommands:\n"
             "  ls              list the installed scorers and their packages\n"
-            "  report RUN_DIR  write RUN_DIR/report.md (metrics plots, samples, evaluation)\n\n"
+            "  report RUN_DIR  write RUN_DIR/report.md (metrics plots, samples, evaluation)\n"
+            "  fid ...         FID between a model's images of a dataset's training prompts and "
+            "its preferred images (pref-eval fid -h)\n\n"
             "Scorers are registered by installed pref packages in the entry-point group "
             f"{registry.EVALUATORS!r}.\n"
             "SPEC: a run directory (its final/ pipeline), a pipeline folder, a hub id, or a kind "
@@ -291,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_scorers()
     if args_list[:1] == ["report"]:
         return _report(args_list[1:])
+    if args_list[:1] == ["fid"]:
+        from pref_apps import fid
+
+        return fid.main(args_list[1:])
     args = _parser().parse_args(args_list)
     try:
         return _evaluate(args)

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pref_core.clip_images import ClipPreprocessing, read_preprocessor_config
+
 __all__ = [
     "MODALITIES",
     "ClipEmbedder",
@@ -57,11 +59,6 @@ __all__ = [
 ]
 
 MODALITIES: tuple[str, ...] = ("both", "image", "text")
-
-# OpenAI CLIP's preprocessing (what transformers' CLIPImageProcessor defaults to).
-OPENAI_CLIP_SIZE = 224
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 CACHE_FORMAT = "pref-contrast/pair-embeddings"
 CACHE_VERSION = 1
@@ -112,102 +109,6 @@ def _check_batch(images: Tensor, prompts: Sequence[str]) -> None:
 
 
 # ============================================================================ CLIP
-@dataclass(frozen=True)
-class ClipPreprocessing:
-    """CLIP's image preprocessing, done in torch on pref's [−1, 1] tensors.
-
-    Steps: map to [0, 1] (``(x + 1) / 2``, clamped); resize (``size`` an int: the shorter side
-    to ``size``, the longer to ``int(size · long / short)`` as transformers computes it;
-    ``(h, w)``: exactly that; ``None``: no resize) with antialiased bicubic (or bilinear)
-    interpolation — torch's antialiased kernels are PIL's — clamped back to [0, 1] as the
-    uint8 path of ``CLIPImageProcessor`` saturates; centre crop to ``crop_size`` (top/left
-    offsets ``(size − crop) // 2``; zero padding where the image is smaller, as transformers
-    pads); normalise with ``image_mean``/``image_std`` when ``normalize``.
-    """
-
-    size: int | tuple[int, int] | None = OPENAI_CLIP_SIZE
-    crop_size: tuple[int, int] | None = (OPENAI_CLIP_SIZE, OPENAI_CLIP_SIZE)
-    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
-    image_std: tuple[float, ...] = OPENAI_CLIP_STD
-    normalize: bool = True
-    interpolation: str = "bicubic"
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> ClipPreprocessing:
-        """From a ``preprocessor_config.json`` (legacy int or dict ``size``/``crop_size``);
-        missing entries, or no config at all, fall back to OpenAI CLIP's values."""
-        config = dict(config or {})
-        size: int | tuple[int, int] | None = OPENAI_CLIP_SIZE
-        raw = config.get("size", OPENAI_CLIP_SIZE)
-        if isinstance(raw, Mapping):
-            if "shortest_edge" in raw:
-                size = int(raw["shortest_edge"])
-            elif "height" in raw and "width" in raw:
-                size = (int(raw["height"]), int(raw["width"]))
-            else:
-                raise ValueError(f"unsupported CLIP preprocessor size {raw!r}")
-        elif raw is not None:
-            size = int(raw)  # legacy CLIP configs: an int is the shorter side
-        crop: tuple[int, int] | None = (OPENAI_CLIP_SIZE, OPENAI_CLIP_SIZE)
-        raw = config.get("crop_size", OPENAI_CLIP_SIZE)
-        if isinstance(raw, Mapping):
-            crop = (int(raw["height"]), int(raw["width"]))
-        elif raw is not None:
-            crop = (int(raw), int(raw))
-        resample = config.get("resample", 3)
-        interpolation = {2: "bilinear", 3: "bicubic"}.get(resample)
-        if interpolation is None:
-            raise ValueError(
-                f"unsupported CLIP preprocessor resample {resample!r}; ClipEmbedder supports "
-                "2 (bilinear) and 3 (bicubic)"
-            )
-        return cls(
-            size=size if config.get("do_resize", True) else None,
-            crop_size=crop if config.get("do_center_crop", True) else None,
-            image_mean=tuple(float(v) for v in config.get("image_mean", OPENAI_CLIP_MEAN)),
-            image_std=tuple(float(v) for v in config.get("image_std", OPENAI_CLIP_STD)),
-            normalize=bool(config.get("do_normalize", True)),
-            interpolation=interpolation,
-        )
-
-    def _resized(self, height: int, width: int) -> tuple[int, int]:
-        if self.size is None:
-            return height, width
-        if isinstance(self.size, tuple):
-            return self.size
-        if height <= width:
-            return self.size, int(self.size * width / height)
-        return int(self.size * height / width), self.size
-
-    def __call__(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) in [−1, 1] → (N, 3, h, w) CLIP pixel values, float32."""
-        x = images.float().add(1.0).div_(2.0).clamp_(0.0, 1.0)
-        height, width = x.shape[-2:]
-        new = self._resized(height, width)
-        if new != (height, width):
-            x = F.interpolate(
-                x, size=new, mode=self.interpolation, antialias=True, align_corners=False
-            ).clamp_(0.0, 1.0)
-        if self.crop_size is not None:
-            x = _center_crop(x, self.crop_size)
-        if self.normalize:
-            mean = torch.tensor(self.image_mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.image_std, device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        return x
-
-
-def _center_crop(x: Tensor, crop: tuple[int, int]) -> Tensor:
-    """transformers' ``center_crop``: offsets ``(size − crop) // 2``, zero padding if smaller."""
-    (h, w), (ch, cw) = x.shape[-2:], crop
-    pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
-    if pad_h or pad_w:
-        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        h, w = x.shape[-2:]
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return x[..., top : top + ch, left : left + cw]
-
-
 def _pooled(output: Any) -> Tensor:
     """CLIP's projected features: a tensor (transformers 4) or ``.pooler_output`` of the
     ``BaseModelOutputWithPooling`` that ``get_*_features`` return in transformers 5."""
@@ -246,31 +147,15 @@ def _clip_identity(source: str, revision: str | None, dtype: torch.dtype) -> str
     return f"clip:{source}@{rev}/{name}"
 
 
-def _preprocessor_config(source: str, revision: str | None) -> dict[str, Any] | None:
-    folder = Path(source)
-    if folder.is_dir():
-        path = folder / "preprocessor_config.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    from transformers.utils import cached_file
-
-    resolved = cached_file(
-        source,
-        "preprocessor_config.json",
-        revision=revision,
-        _raise_exceptions_for_missing_entries=False,
-    )
-    return json.loads(Path(resolved).read_text(encoding="utf-8")) if resolved else None
-
-
 class ClipEmbedder:
     """A frozen ``transformers`` ``CLIPModel``: L2-normalised projected image and text features.
 
     The model is loaded from a hub id or a local folder (``save_pretrained`` layout with its
     tokenizer), put in eval mode with every parameter frozen, and only ever run under
     ``torch.no_grad()``. Prompts are truncated to the text model's maximum length; images are
-    preprocessed in torch by :class:`ClipPreprocessing` from the folder's
-    ``preprocessor_config.json`` (OpenAI CLIP's 224 px / mean / std when it has none), so no
-    image processor class (nor torchvision) is needed.
+    preprocessed in torch by :class:`~pref_core.clip_images.ClipPreprocessing` from the
+    folder's ``preprocessor_config.json`` (OpenAI CLIP's 224 px / mean / std when it has none),
+    so no image processor class (nor torchvision) is needed.
 
     Args:
         source: hub id (``"openai/clip-vit-large-patch14"``) or local folder.
@@ -309,7 +194,7 @@ class ClipEmbedder:
             int(self.model.config.text_config.max_position_embeddings),
         )
         self.preprocessing = ClipPreprocessing.from_config(
-            _preprocessor_config(self.source, revision)
+            read_preprocessor_config(self.source, revision)
         )
         expected = int(self.model.config.vision_config.image_size)
         crop = self.preprocessing.crop_size

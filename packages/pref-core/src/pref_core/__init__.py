@@ -13,6 +13,8 @@ Layers (each importable on its own):
   :mod:`pref_core.pairs` — the seams and the containers that flow through them.
 - :mod:`pref_core.objectives` — objectives satisfying the protocol (Diffusion-DPO).
 - :mod:`pref_core.testing` — tiny components and conformance mixins for tests.
+- :mod:`pref_core.clip_images` — CLIP's image preprocessing in torch, from a model's
+  ``preprocessor_config.json`` (shared by the CLIP embedders above pref-core).
 """
 
 from pref_core.__about__ import __version__

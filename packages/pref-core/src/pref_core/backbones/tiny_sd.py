@@ -42,6 +42,7 @@ from pref_core.backbones._hub import seeded
 
 __all__ = [
     "DEFAULT_CORPUS",
+    "build_tiny_clip",
     "build_tiny_sd15",
     "build_tiny_sdxl",
     "make_clip_tokenizer",
@@ -432,3 +433,56 @@ def build_tiny_sdxl(
             add_watermarker=False,
         )
         return _save(pipe, path, dirs)
+
+
+def build_tiny_clip(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    image_size: int = 18,
+    patch_size: int = 6,
+    model_max_length: int = 16,
+    preprocessor: dict | None = None,
+) -> Path:
+    """A random 2-layer CLIP (text and vision, width 32, projection 24) with a tiny tokenizer,
+    saved in ``path`` as ``CLIPModel.save_pretrained`` and the tokenizer files lay it out, plus
+    ``preprocessor_config.json`` (``preprocessor``; default: resize the shortest edge to
+    ``image_size``, center crop, OpenAI CLIP mean/std). Loadable by path like a hub CLIP."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel
+
+    path = Path(path)
+    tokenizer = make_clip_tokenizer(path, model_max_length=model_max_length)
+    text = tiny_clip_config(tokenizer, hidden_size=32, projection_dim=24).to_dict()
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "projection_dim": 24,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+    }
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+    with seeded(seed):
+        model = CLIPModel(config)
+    model.save_pretrained(str(path))
+    if preprocessor is None:
+        preprocessor = {
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": True,
+            "size": {"shortest_edge": image_size},
+            "resample": 3,
+            "do_center_crop": True,
+            "crop_size": {"height": image_size, "width": image_size},
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+        }
+    (path / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    return path
