@@ -180,3 +180,20 @@ def test_toy_recipe_runs(tmp_path):
     # τ = 0.01: each winner's weight sits on (nearly) one loser, its own or a closer one
     assert rows[0]["weight_perplexity"] < 1.5
     assert 0.0 < rows[0]["weight_diagonal"] <= 1.0
+
+
+def test_missing_clip_model_is_a_clear_error(tmp_path, capsys):
+    args = [
+        "--recipe",
+        "contrast-toy",
+        f"objective.embedder=clip:{tmp_path / 'no-such-clip'}",
+        "train.steps=1",
+        "data.size=8",
+        "eval.prompts=null",
+        "log.progress=false",
+        f"log.output_dir={tmp_path / 'run'}",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "preparing the training data failed: cannot load the CLIP model" in err
+    assert "no-such-clip" in err and "config.json" in err

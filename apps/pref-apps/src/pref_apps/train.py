@@ -249,14 +249,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration of {name} is valid")
         return 0
 
-    from pref_apps.trainer import ResumeError, TrainingDiverged, run_recipe
+    from pref_apps.trainer import (
+        DataPreparationError,
+        ResumeError,
+        TrainingDiverged,
+        run_recipe,
+    )
 
     try:
         run_recipe(target, config)
     except TrainingDiverged as exc:
         print(f"pref-train: training stopped: {exc}", file=sys.stderr)
         return 1
-    except ResumeError as exc:
+    except (ResumeError, DataPreparationError) as exc:
         return _err(str(exc))
     return 0
 

@@ -59,6 +59,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the batch."""
 
 
+class DataPreparationError(RuntimeError):
+    """The recipe's ``prepare_data`` hook could not prepare the data (a missing embedder model,
+    bad embedder settings, ...): the message says what to change."""
+
+
 class ResumeError(RuntimeError):
     """A run cannot be resumed as asked."""
 
@@ -453,12 +458,19 @@ class Trainer:
             progress=c.log.progress and self.main,
             log=self._log,
         )
-        prepared = None
-        if self.main:
-            prepared = self.recipe.prepare_data(self.objective, data.dataset, ctx)
+
+        def prepare() -> Any:
+            try:
+                return self.recipe.prepare_data(self.objective, data.dataset, ctx)
+            except (OSError, ValueError) as exc:
+                raise DataPreparationError(
+                    f"recipe {self.recipe.name}: preparing the training data failed: {exc}"
+                ) from exc
+
+        prepared = prepare() if self.main else None
         self.accelerator.wait_for_everyone()
         if not self.main:
-            prepared = self.recipe.prepare_data(self.objective, data.dataset, ctx)
+            prepared = prepare()
         return dataclasses.replace(data, dataset=prepared)
 
     # -------------------------------------------------------------- batches

@@ -186,9 +186,16 @@ class ClipEmbedder:
         )
         self.dtype = dtype or torch.float32
         self.batch_size = int(batch_size)
-        model = CLIPModel.from_pretrained(self.source, revision=revision)
+        try:
+            model = CLIPModel.from_pretrained(self.source, revision=revision)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=revision)
+        except OSError as exc:  # transformers' "not found" (folder, hub id, offline cache)
+            raise ValueError(
+                f"cannot load the CLIP model {self.source!r}: {exc}\n"
+                "Give a hub id (e.g. openai/clip-vit-large-patch14, downloaded once and cached) "
+                "or a folder holding a CLIPModel's config.json, weights and tokenizer files."
+            ) from exc
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=revision)
         self.max_length = min(
             int(self.tokenizer.model_max_length),
             int(self.model.config.text_config.max_position_embeddings),
