@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("pref_apps")
 pytest.importorskip("diffusers")
@@ -83,6 +82,8 @@ def test_real_recipe_trains_and_exports(recipe, tiny_models, pickapic_file, tmp_
     assert first["weight"] == pytest.approx(0.0005, rel=1e-6)  # λγ(1 − σ(0)), λ = 0.001
     assert first["reward_margin"] == 0.0
     assert first["loss"] == pytest.approx(first["reference_err_w"], rel=1e-5)
+    import yaml  # with pref-apps
+
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["objective"]["lam"] == 0.001 and config["objective"]["variant"] == "dspo"
 
