@@ -15,6 +15,10 @@ untuned toy base. Prints a markdown table.
 
     python benchmarks/style_toy.py                     # winter
     python benchmarks/style_toy.py --style sketch
+    python benchmarks/style_toy.py --only sft+contrast --tau 1   # Diff-contrast at τ = 1
+
+``--tau T`` trains the contrast stages with ``objective.tau=T`` (runs named ``...-tauT``): the
+style column of the paper's τ ablation (Table 3).
 """
 
 from __future__ import annotations
@@ -39,16 +43,20 @@ def build_data(style: str, out: Path, seed: int) -> Path:
     return data
 
 
-def train(name: str, data: Path, out: Path, seed: int, extra: dict) -> Path:
+def train(
+    name: str, data: Path, out: Path, seed: int, extra: dict, tau: float | None = None
+) -> Path:
     from pref_apps import recipes as apps_recipes
     from pref_apps.config import build_config
     from pref_apps.trainer import run_recipe
     from pref_contrast import recipes as contrast_recipes
 
-    run_dir = out / f"{name}-seed{seed}"
+    stage = name.split("+")[-1]
+    if stage != "contrast":
+        tau = None
+    run_dir = out / (f"{name}-seed{seed}" + (f"-tau{tau:g}" if tau is not None else ""))
     if (run_dir / "final").exists():
         return run_dir
-    stage = name.split("+")[-1]
     recipe = {
         "sft": apps_recipes.SFT_TOY,
         "dpo": apps_recipes.DPO_TOY,
@@ -69,6 +77,7 @@ def train(name: str, data: Path, out: Path, seed: int, extra: dict) -> Path:
         "log.progress": False,
         "log.output_dir": str(run_dir),
         **extra,
+        **({"objective.tau": tau} if tau is not None else {}),
     }
     config = build_config(recipe, [("benchmark", settings)])
     started = time.perf_counter()
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS))
     parser.add_argument("--out", type=Path, default=Path("runs/style-toy"))
+    parser.add_argument("--tau", type=float, default=None, help="τ of the contrast stages")
     parser.add_argument("settings", nargs="*", help="extra KEY=VALUE settings for every stage")
     args = parser.parse_args(argv)
     from pref_apps.config import parse_overrides
@@ -116,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     data = build_data(args.style, out, args.seed)
     rows = [("base", fid_of("toy-pretrained:toy", data, "base", out))]
     for name in args.only:
-        run_dir = train(name, data, out, args.seed, extra)
-        rows.append((name, fid_of(str(run_dir), data, f"{name}-seed{args.seed}", out)))
+        run_dir = train(name, data, out, args.seed, extra, args.tau)
+        rows.append((name, fid_of(str(run_dir), data, run_dir.name, out)))
     print(f"| {args.style} (toy, seed {args.seed}) | FID to the styled training images |")
     print("| --- | --- |")
     for name, value in rows:
