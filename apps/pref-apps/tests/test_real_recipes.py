@@ -39,6 +39,7 @@ from pref_apps.testing import (
     TINY_RESOLUTION,
     build_tiny_models,
     probe,
+    run_metrics,
     tiny_run_args,
     write_pickapic_parquet,
 )
@@ -117,13 +118,8 @@ def runs(tiny_models, pickapic_file, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------ helpers
-def _metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def _check_metrics(run_dir: Path) -> list[dict]:
-    rows = _metrics(run_dir)
+    rows = run_metrics(run_dir)
     assert [row["step"] for row in rows] == [1, 2]
     for row in rows:
         assert all(math.isfinite(v) for v in row.values()), row

@@ -15,6 +15,7 @@ pytest.importorskip("accelerate")
 
 from pref_apps import recipes, trainer
 from pref_apps.config import ConfigError, build_config
+from pref_apps.testing import run_metrics
 from pref_core.objectives import DiffusionDPO
 from pref_core.recipes import Recipe
 
@@ -44,10 +45,6 @@ def _config(recipe: Recipe, run_dir: Path, **extra):
     return config
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 class _Interrupt(Exception):
     pass
 
@@ -72,7 +69,7 @@ def test_resume_continues_exactly(tmp_path):
     trainer.run_recipe(
         recipes.DPO_TOY, _config(recipes.DPO_TOY, full, **{"log.checkpoint_every": 3}), report=False
     )
-    reference = _metrics(full)
+    reference = run_metrics(full)
     assert [row["step"] for row in reference] == list(range(1, 7))
 
     killed = tmp_path / "killed"
@@ -81,12 +78,12 @@ def test_resume_continues_exactly(tmp_path):
         trainer.run_recipe(
             interrupted, _config(interrupted, killed, **{"log.checkpoint_every": 3}), report=False
         )
-    assert [row["step"] for row in _metrics(killed)] == [1, 2, 3, 4]
+    assert [row["step"] for row in run_metrics(killed)] == [1, 2, 3, 4]
     assert trainer.latest_checkpoint(killed).name == "step_000003"
 
     config = _config(recipes.DPO_TOY, killed, **{"log.checkpoint_every": 3, "resume": "latest"})
     trainer.run_recipe(recipes.DPO_TOY, config, report=False)
-    resumed = _metrics(killed)
+    resumed = run_metrics(killed)
     assert [row["step"] for row in resumed] == list(range(1, 7))
     for a, b in zip(reference, resumed):
         assert a == b, (a, b)  # bit-identical on CPU: same data, noise, optimiser and LR state
@@ -122,7 +119,7 @@ def test_nan_loss_stops_with_a_diagnostic_and_keeps_the_last_checkpoint(tmp_path
     assert json.loads((ckpt / "state.json").read_text())["step"] == 2
     diverged = json.loads((run / "diverged.json").read_text())
     assert diverged["step"] == 3 and len(diverged["ids"]) == 2
-    assert [row["step"] for row in _metrics(run)] == [1, 2]
+    assert [row["step"] for row in run_metrics(run)] == [1, 2]
     assert not (run / "final").exists()
 
 
@@ -138,7 +135,7 @@ def test_run_directory_and_export(tmp_path):
         "step_000000.png",
         "step_000002.png",
     ]
-    rows = _metrics(run)
+    rows = run_metrics(run)
     assert {"loss", "implicit_accuracy", "lr", "grad_norm"} <= set(rows[0])
     # Diffusion-DPO at step 1: policy == reference, so the loss is exactly log 2.
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
@@ -279,7 +276,7 @@ def test_pretraining_trains_the_text_encoder_and_resumes_exactly(tmp_path, kind)
     trainer.run_recipe(
         pretrain, _config(pretrain, killed, **settings, resume="latest"), report=False
     )
-    assert _metrics(killed) == _metrics(full)
+    assert run_metrics(killed) == run_metrics(full)
     for path in sorted((full / "final").rglob("*.safetensors")):
         twin = killed / "final" / path.relative_to(full / "final")
         assert path.read_bytes() == twin.read_bytes(), path.name

@@ -44,6 +44,7 @@ from pref_apps.testing import (  # noqa: E402
     build_tiny_models,
     encoded_image,
     probe,
+    run_metrics,
     tiny_run_args,
 )
 from pref_apps.train import main  # noqa: E402
@@ -136,13 +137,8 @@ def bases(tiny_models):
 
 
 # ------------------------------------------------------------------------------ helpers
-def _metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def _check_metrics(run_dir: Path) -> list[dict]:
-    rows = _metrics(run_dir)
+    rows = run_metrics(run_dir)
     assert [row["step"] for row in rows] == [1, 2]
     for row in rows:
         assert all(math.isfinite(v) for v in row.values()), row

@@ -15,6 +15,7 @@ pytest.importorskip("peft")
 
 from pref_apps import trainer
 from pref_apps.config import build_config
+from pref_apps.testing import run_metrics
 from pref_chats import CHATS
 from pref_chats.recipes import CHATS_TOY
 
@@ -54,10 +55,6 @@ def _config(run_dir: Path, **extra):
     return config
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
@@ -71,7 +68,7 @@ def test_interrupted_chats_run_resumes_exactly(tmp_path, mode):
     extra = {"model.mode": mode, "model.lora_rank": 4}
     full = tmp_path / "full"
     trainer.run_recipe(CHATS_TOY, _config(full, **extra), report=False)
-    reference = _metrics(full)
+    reference = run_metrics(full)
     assert [row["step"] for row in reference] == list(range(1, 7))
     assert any(row["uncond_fraction"] > 0 for row in reference)  # θ⁻ saw the null
 
@@ -82,7 +79,7 @@ def test_interrupted_chats_run_resumes_exactly(tmp_path, mode):
         trainer.run_recipe(dying, _config(killed, **extra), report=False)
     assert trainer.latest_checkpoint(killed).name == "step_000003"
     trainer.run_recipe(CHATS_TOY, _config(killed, **extra, resume="latest"), report=False)
-    resumed = _metrics(killed)
+    resumed = run_metrics(killed)
     assert [row["step"] for row in resumed] == list(range(1, 7))
     for a, b in zip(reference, resumed):
         assert a == b, (a, b)

@@ -9,7 +9,6 @@ every Z_ij is 0 and the loss is −Σ_j ω_ij log σ(0) = log 2 whatever the wei
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 from pathlib import Path
 
@@ -22,7 +21,7 @@ pytest.importorskip("peft")
 pytest.importorskip("pyarrow")
 
 from pref_apps import trainer
-from pref_apps.testing import build_tiny_models, tiny_run_args, write_pickapic_parquet
+from pref_apps.testing import build_tiny_models, run_metrics, tiny_run_args, write_pickapic_parquet
 from pref_apps.train import main
 from pref_core.backbones.tiny_sd import build_tiny_clip
 
@@ -64,11 +63,6 @@ def pickapic_file(tmp_path_factory) -> Path:
     return write_pickapic_parquet(tmp_path_factory.mktemp("pickapic") / "train.parquet")
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def _spy_batches(monkeypatch) -> list:
     seen: list = []
     forward = trainer.StepModule.forward
@@ -100,7 +94,7 @@ def test_real_recipe_trains_with_clip_weights(
         f"objective.embedder=clip:{tiny_clip}",
     )
     assert main(args) == 0
-    rows = _metrics(run_dir)
+    rows = run_metrics(run_dir)
     assert [row["step"] for row in rows] == [1, 2]
     for row in rows:
         assert all(math.isfinite(v) for v in row.values()), row
@@ -154,7 +148,7 @@ def test_modality_changes_the_weights_not_the_cache(
             "objective.tau=0.05",
         )
         assert main(args) == 0
-        diagonals[modality] = _metrics(run_dir)[0]["weight_diagonal"]
+        diagonals[modality] = run_metrics(run_dir)[0]["weight_diagonal"]
     # the pairs of a batch have different prompts: text weights favour the own pair's loser
     assert diagonals["text"] > diagonals["image"]
     assert len(set(diagonals.values())) == 3
@@ -175,7 +169,7 @@ def test_toy_recipe_runs(tmp_path):
         f"log.output_dir={run_dir}",
     ]
     assert main(args) == 0
-    rows = _metrics(run_dir)
+    rows = run_metrics(run_dir)
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     # τ = 0.01: each winner's weight sits on (nearly) one loser, its own or a closer one
     assert rows[0]["weight_perplexity"] < 1.5

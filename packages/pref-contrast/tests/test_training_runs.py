@@ -4,7 +4,6 @@ policy, its optimiser state, and the pair embeddings attached to every batch).""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ pytest.importorskip("pref_apps")
 
 from pref_apps import trainer
 from pref_apps.config import build_config
+from pref_apps.testing import run_metrics
 from pref_contrast import DiffContrast
 from pref_contrast.recipes import CONTRAST_TOY
 
@@ -52,10 +52,6 @@ def _config(run_dir: Path, **extra):
     return config
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("PREF_CACHE", str(tmp_path / "cache"))
@@ -68,7 +64,7 @@ def _isolated(tmp_path, monkeypatch):
 def test_interrupted_contrast_run_resumes_exactly(tmp_path):
     full = tmp_path / "full"
     trainer.run_recipe(CONTRAST_TOY, _config(full), report=False)
-    reference = _metrics(full)
+    reference = run_metrics(full)
     assert [row["step"] for row in reference] == list(range(1, 7))
     assert all(row["weight_perplexity"] > 1.0 for row in reference)  # τ 0.5: real contrast
 
@@ -79,7 +75,7 @@ def test_interrupted_contrast_run_resumes_exactly(tmp_path):
         trainer.run_recipe(dying, _config(killed), report=False)
     assert trainer.latest_checkpoint(killed).name == "step_000003"
     trainer.run_recipe(CONTRAST_TOY, _config(killed, resume="latest"), report=False)
-    resumed = _metrics(killed)
+    resumed = run_metrics(killed)
     assert [row["step"] for row in resumed] == list(range(1, 7))
     for a, b in zip(reference, resumed):
         assert a == b, (a, b)

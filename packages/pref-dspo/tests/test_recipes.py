@@ -10,7 +10,6 @@ loss equals the reference's mean error on the winners, which the run logs separa
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 from pathlib import Path
 
@@ -25,6 +24,7 @@ pytest.importorskip("pyarrow")
 from pref_apps.testing import (
     build_tiny_models,
     probe,
+    run_metrics,
     tiny_run_args,
     write_pickapic_parquet,
 )
@@ -58,11 +58,6 @@ def pickapic_file(tmp_path_factory) -> Path:
     return write_pickapic_parquet(tmp_path_factory.mktemp("pickapic") / "train.parquet")
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def test_recipes_are_registered():
     names = {ep.name for ep in importlib.metadata.entry_points(group="pref.recipes")}
     assert set(MODELS) | {"dspo-toy", "dspo-toy-flow", "dspo-e-toy", "dspo-ref-toy"} <= names
@@ -74,7 +69,7 @@ def test_real_recipe_trains_and_exports(recipe, tiny_models, pickapic_file, tmp_
     base = tiny_models[MODELS[recipe]]
     args = tiny_run_args(recipe, base, f"pickapic:{pickapic_file}", run_dir)
     assert main(args) == 0
-    rows = _metrics(run_dir)
+    rows = run_metrics(run_dir)
     assert [row["step"] for row in rows] == [1, 2]
     for row in rows:
         assert all(math.isfinite(v) for v in row.values()), row
@@ -115,7 +110,7 @@ def test_toy_recipes_run(recipe, variant, tmp_path):
         f"log.output_dir={run_dir}",
     ]
     assert main(args) == 0
-    rows = _metrics(run_dir)
+    rows = run_metrics(run_dir)
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
     if variant == "dspo-e":  # constant weight λγ, no pairwise metrics
         assert rows[0]["weight"] == pytest.approx(0.001)

@@ -18,6 +18,7 @@ __all__ = [
     "build_tiny_models",
     "encoded_image",
     "probe",
+    "run_metrics",
     "tiny_run_args",
     "write_pickapic_parquet",
 ]
@@ -110,6 +111,14 @@ def tiny_run_args(recipe: str, base: Path, data: str, run_dir: Path, *extra: str
         "eval.prompts=null",
         *extra,
     ]
+
+
+def run_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``RUN/metrics.jsonl``, strictly: every non-blank line must parse."""
+    import json
+
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def probe(backbone, seed: int = 0, resolution: int = TINY_RESOLUTION):

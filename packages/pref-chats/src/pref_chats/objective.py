@@ -20,8 +20,7 @@ from pref_core.backbones.joint import run_jointly
 from pref_core.batch import PreferenceBatch
 from pref_core.conditioning import Conditioning
 from pref_core.losses import per_sample_mse
-from pref_core.ops import paired_errors
-from pref_core.pairs import NoisedPair, PairPredictions, noise_pair
+from pref_core.pairs import NoisedPair, PairPredictions, noise_pair, pair_errors
 from pref_core.protocols import ObjectiveOutput
 from pref_core.recipes import StepContext
 
@@ -108,15 +107,7 @@ class CHATS:
         """Eq. 13/14 from θ⁺'s prediction on the winner (``policy_w``), θ⁻'s on the loser
         (``policy_l``) and the reference's on both (ignored when ``reference`` is off)."""
         if self.reference:
-            errors = paired_errors(
-                predictions.policy_w,
-                predictions.policy_l,
-                predictions.reference_w,
-                predictions.reference_l,
-                pair.target_w,
-                pair.target_l,
-                backend=self.kernel_backend,
-            )
+            errors = pair_errors(predictions, pair, backend=self.kernel_backend)
             pre_w, dis_l = errors.policy_w, errors.policy_l
             ref_w, ref_l = errors.reference_w, errors.reference_l
         else:

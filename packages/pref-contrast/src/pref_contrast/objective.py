@@ -10,8 +10,7 @@ from pref_contrast.embeddings import MODALITIES
 from pref_contrast.loss import PLACEMENTS, contrast_logits, contrast_loss, contrast_weights
 from pref_core.batch import PreferenceBatch
 from pref_core.losses.dpo import dpo_scale, preference_metrics
-from pref_core.ops import paired_errors
-from pref_core.pairs import NoisedPair, PairPredictions
+from pref_core.pairs import NoisedPair, PairPredictions, pair_errors
 from pref_core.protocols import ObjectiveOutput
 from pref_core.recipes import DataContext
 
@@ -90,15 +89,7 @@ class DiffContrast:
     ) -> ObjectiveOutput:
         if batch is None:
             raise ValueError("Diff-contrast needs the batch (its extras hold the embeddings)")
-        errors = paired_errors(
-            predictions.policy_w,
-            predictions.policy_l,
-            predictions.reference_w,
-            predictions.reference_l,
-            pair.target_w,
-            pair.target_l,
-            backend=self.kernel_backend,
-        )
+        errors = pair_errors(predictions, pair, backend=self.kernel_backend)
         logits = contrast_logits(
             errors.policy_w,
             errors.policy_l,

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 
 from pref_core.batch import PreferenceBatch
 from pref_core.losses.dpo import dpo_logits, dpo_scale, preference_metrics
-from pref_core.ops import paired_errors
-from pref_core.pairs import NoisedPair, PairPredictions
+from pref_core.pairs import NoisedPair, PairPredictions, pair_errors
 from pref_core.protocols import ObjectiveOutput
 
 
@@ -36,15 +35,7 @@ class DiffusionDPO:
     def __call__(
         self, predictions: PairPredictions, pair: NoisedPair, batch: PreferenceBatch | None = None
     ) -> ObjectiveOutput:
-        errors = paired_errors(
-            predictions.policy_w,
-            predictions.policy_l,
-            predictions.reference_w,
-            predictions.reference_l,
-            pair.target_w,
-            pair.target_l,
-            backend=self.kernel_backend,
-        )
+        errors = pair_errors(predictions, pair, backend=self.kernel_backend)
         logits = dpo_logits(
             errors.policy_w,
             errors.policy_l,

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from pref_core.conditioning import Conditioning
-from pref_core.ops import noise_and_target
+from pref_core.ops import noise_and_target, paired_errors
+from pref_core.ops.paired_errors import PairedErrors
 from pref_core.protocols import Denoiser, NoiseProcess
 
 
@@ -84,6 +85,22 @@ class PairPredictions:
 
     def swapped(self) -> PairPredictions:
         return PairPredictions(self.policy_l, self.policy_w, self.reference_l, self.reference_w)
+
+
+def pair_errors(
+    predictions: PairPredictions, pair: NoisedPair, *, backend: str | None = None
+) -> PairedErrors:
+    """The four per-sample errors (policy and reference, winner and loser) of a pair's
+    predictions against its targets, in one fused pass (:func:`pref_core.ops.paired_errors`)."""
+    return paired_errors(
+        predictions.policy_w,
+        predictions.policy_l,
+        predictions.reference_w,
+        predictions.reference_l,
+        pair.target_w,
+        pair.target_l,
+        backend=backend,
+    )
 
 
 def _per_sample(

@@ -6,8 +6,7 @@ import torch
 
 from pref_core.batch import PreferenceBatch
 from pref_core.losses.dpo import dpo_scale, preference_metrics
-from pref_core.ops import paired_errors
-from pref_core.pairs import NoisedPair, PairPredictions, noise_pair, predict_pair
+from pref_core.pairs import NoisedPair, PairPredictions, noise_pair, pair_errors, predict_pair
 from pref_core.protocols import ObjectiveOutput
 from pref_core.recipes import StepContext
 from pref_dspo.loss import PAIRWISE, VARIANTS, dspo_logits, dspo_per_sample, dspo_weight
@@ -76,15 +75,7 @@ class DSPO:
         per_sample: dict[str, torch.Tensor] = {}
         logits = None
         if self.needs_loser:
-            errors = paired_errors(
-                predictions.policy_w,
-                predictions.policy_l,
-                predictions.reference_w,
-                predictions.reference_l,
-                pair.target_w,
-                pair.target_l,
-                backend=self.kernel_backend,
-            )
+            errors = pair_errors(predictions, pair, backend=self.kernel_backend)
             logits = dspo_logits(
                 errors.policy_w,
                 errors.policy_l,
