@@ -30,7 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from toy_results import summary, train_and_evaluate
+from toy_results import ATTRIBUTES, attribute_win_rate, summary, train_and_evaluate
 
 VARIANTS = (
     "dspo",
@@ -42,7 +42,6 @@ VARIANTS = (
     "sft-toy",
     "dpo-toy",
 )
-ATTRIBUTES = ("colour", "shape", "position", "size", "background", "quality")
 
 
 def _recipe(variant: str, kind: str):
@@ -73,19 +72,6 @@ def train(variant: str, kind: str, seed: int, out: Path) -> dict:
     recipe, extra = _recipe(variant, kind)
     path = train_and_evaluate(recipe, run_dir(out, kind, variant, seed), kind, seed, extra)
     return json.loads((path / "eval" / "eval.json").read_text())
-
-
-def attribute_win_rate(result: dict, attribute: str) -> float | None:
-    """Share of prompts where the tuned model's attribute score beats the base's (ties ½),
-    over the prompts where the attribute applies (background is only scored when asked for)."""
-    wins = n = 0.0
-    for row in result["per_prompt"]:
-        a, b = row["scores"]["tuned"][attribute], row["scores"]["base"][attribute]
-        if a is None or b is None:
-            continue
-        n += 1
-        wins += 1.0 if a > b else 0.5 if a == b else 0.0
-    return wins / n if n else None
 
 
 def main(argv: list[str] | None = None) -> int:

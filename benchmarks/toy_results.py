@@ -57,6 +57,22 @@ def run(recipe_name: str, kind: str, seed: int, out: Path, extra: list[str]) -> 
     return json.loads((run_dir / "eval" / "eval.json").read_text())
 
 
+ATTRIBUTES = ("colour", "shape", "position", "size", "background", "quality")
+
+
+def attribute_win_rate(result: dict, attribute: str) -> float | None:
+    """Share of prompts where the tuned model's attribute score beats the base's (ties ½),
+    over the prompts where the attribute applies (background is only scored when asked for)."""
+    wins = n = 0.0
+    for row in result["per_prompt"]:
+        a, b = row["scores"]["tuned"][attribute], row["scores"]["base"][attribute]
+        if a is None or b is None:
+            continue
+        n += 1
+        wins += 1.0 if a > b else 0.5 if a == b else 0.0
+    return wins / n if n else None
+
+
 def summary(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
