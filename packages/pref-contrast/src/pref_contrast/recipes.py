@@ -68,14 +68,14 @@ CONTRAST_TOY = _contrast(
     "Diff-contrast on the toy world (diffusion toy base), then evaluation against the base",
     _TOY,
     "Diff-contrast scaled to the toy world: M = 16 pairs, τ = 0.01, the toy embedder",
-    "2 CPU cores: about 5 min with evaluation (measured, docs/benchmarks.md)",
+    "2 CPU cores: 7.5-11 min with evaluation, plus 1-2 min to embed the pairs once (measured)",
 )
 CONTRAST_TOY_FLOW = _contrast(
     "contrast-toy-flow",
     "Diff-contrast with flow-velocity errors (pref's extension) on the toy rectified-flow base",
     {**_TOY, "model.base": "toy-pretrained:toy-flux"},
     "Diff-contrast Eq. 9 with flow-matching errors (pref's extension)",
-    "2 CPU cores: about 5 min with evaluation",
+    "2 CPU cores: about as long as contrast-toy",
 )
 
 # ------------------------------------------------------------------------------ real models

@@ -53,7 +53,7 @@ def _dspo(name: str, description: str, defaults: dict, paper: str, hardware: str
 _TOY = {
     **TOY_FINETUNE_DEFAULTS,
     "data.source": "toy-pairs",
-    # calibrated on seed 0 (docs/benchmarks.md)
+    # sft-toy's learning rate: at λ = 0.001 DSPO is SFT on the winners (docs/benchmarks.md)
     "optim.lr": 1e-4,
     "objective.lam": 0.001,
 }
@@ -63,28 +63,28 @@ DSPO_TOY = _dspo(
     "DSPO (Eq. 13) on the toy world (diffusion toy base), then evaluation against the base",
     _TOY,
     "DSPO (Zhu et al. 2025) scaled to the toy world: λ = 0.001, γ = 1",
-    "2 CPU cores: about 5 min with evaluation (measured, docs/benchmarks.md)",
+    "2 CPU cores: 7.5-11 min with evaluation (measured, docs/benchmarks.md)",
 )
 DSPO_TOY_FLOW = _dspo(
     "dspo-toy-flow",
     "DSPO's flow-velocity analogue (pref's extension) on the toy world's rectified-flow base",
     {**_TOY, "model.base": "toy-pretrained:toy-flux"},
     "DSPO Eq. 13 with the flow velocity in place of ε (pref's extension)",
-    "2 CPU cores: about 5 min with evaluation (measured, docs/benchmarks.md)",
+    "2 CPU cores: about as long as dspo-toy",
 )
 DSPO_E_TOY = _dspo(
     "dspo-e-toy",
     "DSPO-E (App. C.3, Eq. 45: energy-based, no pairwise term) on the toy world",
     {**_TOY, "objective.variant": "dspo-e"},
     "DSPO-E, the paper's ablation (Table 5)",
-    "2 CPU cores: about 4 min with evaluation",
+    "2 CPU cores: 5.5-8.5 min with evaluation (measured, docs/benchmarks.md)",
 )
 DSPO_REF_TOY = _dspo(
     "dspo-ref-toy",
     "DSPO-ref (Table 6: the pretrained score in place of the data score) on the toy world",
     {**_TOY, "objective.variant": "dspo-ref"},
-    "DSPO-ref, the paper's ablation (Table 6)",
-    "2 CPU cores: about 5 min with evaluation",
+    "DSPO-ref, the paper's ablation (Table 6); stationary at the base (docs/methods/dspo.md)",
+    "2 CPU cores: about as long as dspo-toy",
 )
 
 # ------------------------------------------------------------------------------ real models
