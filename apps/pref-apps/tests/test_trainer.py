@@ -308,3 +308,23 @@ def test_toy_pair_images_holds_both_images_of_every_pair():
 
 class _ToyBackbone:
     sample_size = (32, 32)
+
+
+def test_a_finished_run_can_be_the_base(tmp_path):
+    """Two-stage training (SFT, then a preference method): model.base=RUN means RUN/final."""
+    from pref_apps.models import ModelSpecError
+    from pref_apps.trainer import resolve_base
+
+    run = tmp_path / "sft-run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "model_index.json").write_text("{}")
+    (run / "config.yaml").write_text("recipe: sft-toy\n")
+    assert resolve_base(str(run)) == str(run / "final")
+    assert resolve_base(str(run / "final")) == str(run / "final")  # a pipeline folder: itself
+    assert resolve_base("some/hub-id") == "some/hub-id"
+
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints" / "step_000003").mkdir(parents=True)
+    (unfinished / "config.yaml").write_text("recipe: sft-toy\n")
+    with pytest.raises(ModelSpecError, match="step_000003"):
+        resolve_base(str(unfinished))

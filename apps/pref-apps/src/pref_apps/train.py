@@ -249,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration of {name} is valid")
         return 0
 
+    from pref_apps.models import ModelSpecError
     from pref_apps.trainer import (
         DataPreparationError,
         ResumeError,
@@ -258,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         run_recipe(target, config)
+    except ModelSpecError as exc:
+        return _err(f"model.base: {exc}")
     except TrainingDiverged as exc:
         print(f"pref-train: training stopped: {exc}", file=sys.stderr)
         return 1

@@ -993,14 +993,19 @@ def shipped_base(kind: str, seed: int) -> Path | None:
 
 
 def resolve_base(spec: str, *, progress: bool = True, log: Callable[[str], None] = print) -> str:
-    """``toy-pretrained:KIND[:SEED]`` → the folder of that toy base.
+    """``toy-pretrained:KIND[:SEED]`` → the folder of that toy base; a run directory → its
+    ``final/`` pipeline (an error naming its checkpoints when it has not finished); anything
+    else unchanged.
 
     In order: the base shipped with pref-apps (seed 0 of each kind, trained by the
     ``toy-pretrain`` recipe with its current defaults), the local cache, or — on first use —
     training it with ``toy-pretrain`` into the cache (``$PREF_CACHE``, default ``~/.cache/pref``).
     """
     if not spec.startswith(TOY_PRETRAINED):
-        return spec
+        from pref_apps.models import is_run_dir, resolve_spec
+
+        # a finished run as the base (two-stage training: SFT, then a preference method)
+        return resolve_spec(spec) if is_run_dir(spec) else spec
     parts = spec[len(TOY_PRETRAINED) :].split(":")
     kind = parts[0]
     seed = int(parts[1]) if len(parts) > 1 else 0
