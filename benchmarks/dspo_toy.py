@@ -30,7 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from toy_results import ATTRIBUTES, attribute_win_rate, summary, train_and_evaluate
+from toy_results import print_attribute_table, summary, train_and_evaluate
 
 VARIANTS = (
     "dspo",
@@ -95,16 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         wins = [r["win_rate"]["rate"] for r in rows]
         print(f"| {variant} | {summary(scores)} | {summary(wins)} |")
     print()
-    print("Win rate vs base per oracle attribute (mean over seeds; ties count ½):")
-    print()
-    print("| model | " + " | ".join(ATTRIBUTES) + " |")
-    print("| --- |" + " --- |" * len(ATTRIBUTES))
-    for variant, rows in results.items():
-        cells = []
-        for attribute in ATTRIBUTES:
-            values = [w for r in rows if (w := attribute_win_rate(r, attribute)) is not None]
-            cells.append(f"{sum(values) / len(values):.1%}" if values else "—")
-        print(f"| {variant} | " + " | ".join(cells) + " |")
+    print_attribute_table(results)
     return 0
 
 

@@ -73,6 +73,21 @@ def attribute_win_rate(result: dict, attribute: str) -> float | None:
     return wins / n if n else None
 
 
+def print_attribute_table(results: dict[str, list[dict]]) -> None:
+    """Markdown table: each model's win rate over the base per oracle attribute, mean over its
+    runs (``results``: model → the runs' ``eval.json`` contents)."""
+    print("Win rate vs base per oracle attribute (mean over seeds; ties count ½):")
+    print()
+    print("| model | " + " | ".join(ATTRIBUTES) + " |")
+    print("| --- |" + " --- |" * len(ATTRIBUTES))
+    for model, rows in results.items():
+        cells = []
+        for attribute in ATTRIBUTES:
+            values = [w for r in rows if (w := attribute_win_rate(r, attribute)) is not None]
+            cells.append(f"{sum(values) / len(values):.1%}" if values else "—")
+        print(f"| {model} | " + " | ".join(cells) + " |")
+
+
 def summary(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
