@@ -3,8 +3,8 @@
 Real-model recipes follow the paper (App. D, Table 1) on Diffusion-DPO's training setup, which
 its authors built on: Pick-a-Pic v2; SD 1.5: β = 2000, τ = 0.01, AdamW, 16 pairs per GPU × 4
 accumulation (× 8 GPUs = 512); SDXL: β = 5000, τ = 0.5, Adafactor, 8 per GPU × 8 accumulation;
-learning rate (2000/β) × 1e-8, scaled by the total batch (the paper writes the per-pair rate
-"(2000/β)·2.048e-8" as Diffusion-DPO does). The contrast runs over each GPU's mini-batch of M
+learning rate (2000/β) × 1e-8, scaled by the total batch, as Diffusion-DPO's code runs it (the
+paper writes "(2000/β)·2.048e-8", Diffusion-DPO's notation). The contrast runs over each GPU's mini-batch of M
 pairs, so the per-GPU batch is part of the method, not only of the memory budget. f is CLIP
 ViT-L/14 (image and text, ``modality=both``); the paper says "the CLIP encoder" without naming
 one, so the model is pref's choice. FLUX is pref's extension (flow-velocity errors in Eq. 9).

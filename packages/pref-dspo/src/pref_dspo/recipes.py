@@ -2,7 +2,8 @@
 
 Real-model recipes follow the paper (App. D.2) and its public code, a fork of the Diffusion-DPO
 script: Pick-a-Pic v2, AdamW (Adafactor for SDXL, as Diffusion-DPO), effective batch 2048, lr
-1e-8 scaled by the total batch (the paper's "2.048e-8" written per pair), λ = 0.001 (γ = 1). The
+1e-8 scaled by the total batch as that code runs it (the text writes "2.048e-8", Diffusion-DPO's
+notation), λ = 0.001 (γ = 1). The
 paper trains SD 1.5 and SDXL; FLUX uses the flow-velocity analogue, pref's extension
 (docs/methods/dspo.md). ``-lora`` variants: Table 6 reports DSPO-LoRA close to full training.
 
