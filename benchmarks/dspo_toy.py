@@ -27,10 +27,9 @@ models).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from toy_results import print_attribute_table, summary, train_and_evaluate
+from toy_results import evaluated_run, print_attribute_table, summary
 
 VARIANTS = (
     "dspo",
@@ -62,16 +61,9 @@ def _recipe(variant: str, kind: str):
     return table[variant]
 
 
-def run_dir(out: Path, kind: str, variant: str, seed: int) -> Path:
-    if variant in ("dpo-toy", "sft-toy"):  # the same runs as benchmarks/toy_results.py
-        return out.parent / "toy-results" / f"{kind}-{variant}-seed{seed}"
-    return out / f"{kind}-{variant}-seed{seed}"
-
-
 def train(variant: str, kind: str, seed: int, out: Path) -> dict:
     recipe, extra = _recipe(variant, kind)
-    path = train_and_evaluate(recipe, run_dir(out, kind, variant, seed), kind, seed, extra)
-    return json.loads((path / "eval" / "eval.json").read_text())
+    return evaluated_run(recipe, extra, out, kind, variant, seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,17 @@ def train_and_evaluate(recipe, run_dir: Path, kind: str, seed: int, extra: dict)
     return run_dir
 
 
+def evaluated_run(recipe, extra: dict, out: Path, kind: str, variant: str, seed: int) -> dict:
+    """A method script's run of ``variant`` (trained and evaluated once, then reused) and its
+    ``eval.json``; the ``dpo-toy`` and ``sft-toy`` baselines are this script's own runs."""
+    if variant in ("dpo-toy", "sft-toy"):
+        run_dir = out.parent / "toy-results" / f"{kind}-{variant}-seed{seed}"
+    else:
+        run_dir = out / f"{kind}-{variant}-seed{seed}"
+    train_and_evaluate(recipe, run_dir, kind, seed, extra)
+    return json.loads((run_dir / "eval" / "eval.json").read_text())
+
+
 def run(recipe_name: str, kind: str, seed: int, out: Path, extra: list[str]) -> dict:
     from pref_apps import recipes
     from pref_apps.config import parse_overrides

@@ -777,7 +777,7 @@ def build_style_dataset(
     quality 95). Pairs whose picked image cannot be decoded are skipped, counted in the
     manifest and reported at the end; they never stop the build.
 
-    Output: ``out_dir/data/train-XXXXX-of-YYYYY.parquet`` (the hub layout, split "train") and
+    Output: ``out_dir/data/train-{i:05d}-of-{n:05d}.parquet`` (the hub layout, split "train") and
     ``out_dir/style_manifest.json``, written last. Shards are built in
     ``out_dir/.tmp-style-build`` and moved in place at the end, so an interrupted build leaves
     no partial dataset. A folder that already holds this same dataset (same manifest) is
