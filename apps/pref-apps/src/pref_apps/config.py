@@ -486,9 +486,13 @@ def objective_defaults(factory: Any) -> dict[str, Any]:
 def build_config(recipe: Any, layers: list[tuple[str, Mapping[str, Any]]]) -> RunConfig:
     """The trainer defaults, then the recipe's defaults, then each (origin, dotted mapping)."""
     config = RunConfig(recipe=recipe.name)
-    params = objective_parameters(recipe.objective)
+    params = objective_parameters(recipe.settings_factory)
     config.objective.update(
-        {k: v for k, v in objective_defaults(recipe.objective).items() if k != "kernel_backend"}
+        {
+            k: v
+            for k, v in objective_defaults(recipe.settings_factory).items()
+            if k != "kernel_backend"
+        }
     )
     for origin, mapping in [("recipe " + recipe.name, recipe.defaults), *layers]:
         for key, value in mapping.items():

@@ -116,6 +116,13 @@ def _validate(recipe, config) -> list[str]:
     from pref_apps.trainer import TOY_PRETRAINED
 
     problems: list[str] = []
+    if recipe.task == "module":  # the program loads its own models and data
+        try:
+            program = recipe.build_program(config.objective)
+        except (TypeError, ValueError) as exc:
+            return [f"objective: {exc}"]
+        check = getattr(program, "validate", None)
+        return list(check(config)) if check is not None else []
     base = config.model.base
     if not (base.startswith(TOY_PRETRAINED) or base in ("toy", "toy-flux", "sd15", "sdxl", "flux")):
         path = Path(base)

@@ -610,13 +610,10 @@ class Trainer:
                 if batch is None:
                     continue
                 gens = sample_generators(c.train.seed, self.step, kept)
-                tk = self.backbone.timestep_kwargs(
-                    batch.winner if isinstance(batch, PreferenceBatch) else batch.x0
-                )
                 sync = micro == c.train.grad_accum - 1
                 ctx = contextlib.nullcontext() if sync else acc.no_sync(self.module)
                 with ctx:
-                    loss, metrics = self.module(batch, gens, tk)
+                    loss, metrics = self._forward(batch, gens)
                     self._check_finite(loss, micro, ids, batch)
                     acc.backward(loss / c.train.grad_accum)
                 sums["loss"] = sums.get("loss", 0) + loss.detach()
@@ -635,6 +632,7 @@ class Trainer:
             }
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
+            row.update(self._after_update(row))
             row = {"step": self.step, **row, "lr": self.scheduler.get_last_lr()[0]}
             last = row
             if self.main:
@@ -674,13 +672,29 @@ class Trainer:
             self._writer.close()
         return {"final": last, "seconds": elapsed}
 
+    def _forward(self, batch: Any, generators: list[torch.Generator]) -> tuple[Tensor, Any]:
+        """One micro-batch's loss and metrics through the (accelerate-wrapped) step module."""
+        tk = self.backbone.timestep_kwargs(
+            batch.winner if isinstance(batch, PreferenceBatch) else batch.x0
+        )
+        return self.module(batch, generators, tk)
+
+    def _after_update(self, row: Mapping[str, float]) -> Mapping[str, float]:
+        """Extra metrics after an optimiser step (none for denoiser training)."""
+        return {}
+
     def _check_finite(self, loss: Tensor, micro: int, ids: list[str], batch: Any) -> None:
         bad = torch.tensor(
             [0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device
         )
         if self.accelerator.reduce(bad, reduction="sum").item() == 0:
             return
-        prompts = list(batch.extras.get("prompts", []))
+        extras = getattr(batch, "extras", None)
+        prompts = (
+            list(extras.get("prompts", []))
+            if extras is not None
+            else [str(it.get("prompt", "")) for it in batch if isinstance(it, Mapping)]
+        )
         last = self.latest_checkpoint()
         message = (
             f"the loss is {loss.item()} at step {self.step + 1} (micro-batch {micro + 1} of "
@@ -825,8 +839,6 @@ class Trainer:
         return latest_checkpoint(self.run_dir)
 
     def save_checkpoint(self) -> Path:
-        from safetensors.torch import save_file
-
         acc = self.accelerator
         acc.wait_for_everyone()
         final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}"
@@ -836,17 +848,7 @@ class Trainer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-            for name in self.policies.names:
-                state = {
-                    k: v.detach().contiguous().cpu()
-                    for k, v in self.policies.trainable_state_dict(name).items()
-                }
-                save_file(state, str(tmp / f"policy-{name}.safetensors"))
-            if self.config.model.train_text_encoder:
-                from safetensors.torch import save_model
-
-                # save_model: T5 ties its input embedding to `shared`.
-                save_model(self.backbone.encoder, str(tmp / "text-encoders.safetensors"))
+            self._save_weights(tmp)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(
@@ -877,9 +879,39 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
-    def load_checkpoint(self, path: Path) -> None:
+    def _save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        for name in self.policies.names:
+            state = {
+                k: v.detach().contiguous().cpu()
+                for k, v in self.policies.trainable_state_dict(name).items()
+            }
+            save_file(state, str(folder / f"policy-{name}.safetensors"))
+        if self.config.model.train_text_encoder:
+            from safetensors.torch import save_model
+
+            # save_model: T5 ties its input embedding to `shared`.
+            save_model(self.backbone.encoder, str(folder / "text-encoders.safetensors"))
+
+    def _load_weights(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
+        for name in self.policies.names:
+            weights = load_file(
+                str(folder / f"policy-{name}.safetensors"), device=str(self.accelerator.device)
+            )
+            self.policies.load_trainable_state_dict(name, weights)
+        if self.config.model.train_text_encoder:
+            from safetensors.torch import load_model
+
+            load_model(
+                self.backbone.encoder,
+                str(folder / "text-encoders.safetensors"),
+                device=str(self.accelerator.device),
+            )
+
+    def load_checkpoint(self, path: Path) -> None:
         state = json.loads((path / "state.json").read_text())
         if state["recipe"] != self.recipe.name:
             raise ResumeError(
@@ -891,19 +923,7 @@ class Trainer:
                 f"(processes × batch size) but this run has {self.global_batch}; resume with the "
                 "same number of processes and train.batch_size to continue exactly"
             )
-        for name in self.policies.names:
-            weights = load_file(
-                str(path / f"policy-{name}.safetensors"), device=str(self.accelerator.device)
-            )
-            self.policies.load_trainable_state_dict(name, weights)
-        if self.config.model.train_text_encoder:
-            from safetensors.torch import load_model
-
-            load_model(
-                self.backbone.encoder,
-                str(path / "text-encoders.safetensors"),
-                device=str(self.accelerator.device),
-            )
+        self._load_weights(path)
         self.optimizer.load_state_dict(
             torch.load(
                 path / "optimizer.pt", weights_only=False, map_location=self.accelerator.device
@@ -945,6 +965,140 @@ class Trainer:
         if finalize is not None:  # the method adds its other networks and its manifest
             lora_dir = self.run_dir / "lora" if self.policies.mode == "lora" else None
             finalize(self.policies, self.objective, tmp, lora_dir=lora_dir, base=self.base_source)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return out
+
+
+# ------------------------------------------------------------------------------ module recipes
+class ProgramModule(nn.Module):
+    """A program's trainable modules and its step, as one module for ``accelerator.prepare``."""
+
+    def __init__(self, program: Any) -> None:
+        super().__init__()
+        self.trainable = nn.ModuleDict(dict(program.modules()))
+        self._program = program
+
+    def forward(self, items: list[Mapping[str, Any]], generators: list[torch.Generator]):
+        out = self._program.step(items, generators)
+        return out.loss, dict(out.metrics)
+
+
+class ModuleTrainer(Trainer):
+    """The trainer for ``task="module"`` recipes: the recipe's
+    :class:`~pref_core.recipes.TrainingProgram` loads its models and data and computes the loss;
+    everything around it (data order, optimiser, accumulation, checkpoints and exact resume,
+    non-finite checks, metrics, TensorBoard, sample grids, the export) is the
+    :class:`Trainer`'s."""
+
+    def setup(self) -> None:
+        from pref_core.recipes import ProgramContext
+
+        c = self.config
+        torch.manual_seed(c.train.seed)
+        self.program = self.recipe.build_program(c.objective)
+        self.program.setup(
+            ProgramContext(
+                config=c,
+                run_dir=self.run_dir,
+                device=self.accelerator.device,
+                cache_dir=cache_root(),
+                main=self.main,
+                progress=c.log.progress and self.main,
+                log=self._log,
+            )
+        )
+        self.base_source = getattr(self.program, "base_source", None)
+        self.objective = None
+        dataset = self.program.dataset()
+        self.data = TrainData(dataset, "items", f"{len(dataset)} items")
+        world = self.accelerator.num_processes
+        self.global_batch = world * c.train.batch_size
+        self.order = DataOrder(len(dataset), c.train.seed, self.global_batch, c.train.grad_accum)
+        total_batch = self.global_batch * c.train.grad_accum
+        self.lr = c.optim.lr * total_batch if c.optim.scale_lr else c.optim.lr
+        modules = dict(self.program.modules())
+        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"recipe {self.recipe.name}: its program has nothing to train")
+        self.trainable_params = params
+        self.optimizer = make_optimizer(c, params, self.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(c.optim.schedule, c.optim.warmup_steps, c.train.steps)
+        )
+        self.module = ProgramModule(self.program)
+        self.module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
+        self.step = 0
+        self._log(
+            f"recipe {self.recipe.name}: {self.recipe.description}\n"
+            f"  {self.program.describe()}\n"
+            f"  trains {', '.join(modules)} ({sum(p.numel() for p in params):,} parameters)\n"
+            f"  {world} process(es) × batch {c.train.batch_size} × accumulation "
+            f"{c.train.grad_accum} = {total_batch} per step; lr {self.lr:g}\n"
+            f"  run directory {self.run_dir}"
+        )
+
+    def _batch(self, step: int, micro: int) -> tuple[Any, list[int], list[str], list[str]]:
+        c = self.config
+        indices = self.order.indices(step, micro)
+        rank = self.accelerator.process_index
+        offset = micro * self.global_batch
+        items, kept, ids, skipped = [], [], [], []
+        for pos in range(rank * c.train.batch_size, (rank + 1) * c.train.batch_size):
+            item = self._item(indices[pos], step, micro, pos)
+            if not isinstance(item, Mapping):  # undecodable
+                skipped.append(str(getattr(item, "id", indices[pos])))
+                continue
+            items.append(item)
+            kept.append(offset + pos)
+            ids.append(str(item.get("id", indices[pos])))
+        return (items or None), kept, ids, skipped
+
+    def _forward(self, batch: Any, generators: list[torch.Generator]) -> tuple[Tensor, Any]:
+        return self.module(batch, generators)
+
+    def _after_update(self, row: Mapping[str, float]) -> Mapping[str, float]:
+        return dict(self.program.after_update(row) or {})
+
+    def _save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        for name, module in self.program.modules().items():
+            state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(state, str(folder / f"module-{name}.safetensors"))
+        torch.save(self.program.state_dict(), folder / "program.pt")
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        device = str(self.accelerator.device)
+        for name, module in self.program.modules().items():
+            module.load_state_dict(load_file(str(folder / f"module-{name}.safetensors"), device))
+        self.program.load_state_dict(
+            torch.load(folder / "program.pt", weights_only=False, map_location=device)
+        )
+
+    def write_samples(self, step: int) -> Path | None:
+        path = self.run_dir / "samples" / f"step_{step:06d}.png"
+        written = self.program.write_samples(path, step)
+        self.module.train()
+        if written is not None and self.config.log.tensorboard and self._writer is not None:
+            from PIL import Image
+
+            with Image.open(written) as image:
+                self._writer.add_image(
+                    "samples", np.asarray(image.convert("RGB")), step, dataformats="HWC"
+                )
+        return written
+
+    def export(self) -> Path:
+        out = self.run_dir / "final"
+        tmp = self.run_dir / ".tmp-final"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.program.export(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -1069,16 +1223,21 @@ def run_recipe(
                 raise ResumeError(f"resume={config.resume!r}: no such checkpoint")
         elif not (resume_from / "state.json").exists():
             raise ResumeError(f"{resume_from} is not a complete checkpoint (no state.json)")
-    trainer = Trainer(recipe, config, run_dir=run_dir)
+    trainer = (ModuleTrainer if recipe.task == "module" else Trainer)(
+        recipe, config, run_dir=run_dir
+    )
     trainer.setup()
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
-    if trainer.step >= config.train.steps and (run_dir / "final" / "model_index.json").exists():
+    if trainer.step >= config.train.steps and (run_dir / "final").is_dir():
         trainer._log(f"{run_dir} already finished {trainer.step} steps")
     else:
         trainer.train()
     if trainer.main and report:
-        if config.eval.prompts:
+        evaluate = getattr(getattr(trainer, "program", None), "evaluate", None)
+        if evaluate is not None:  # a module recipe that evaluates its own result
+            evaluate(run_dir / "final", run_dir / "eval")
+        elif config.eval.prompts and trainer.base_source is not None:
             evaluate_run(config, run_dir, trainer.base_source)
         from pref_apps.report import write_report
 

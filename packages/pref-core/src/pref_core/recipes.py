@@ -20,6 +20,12 @@ A method that needs per-sample data beyond the pair (Diff-contrast's CLIP embedd
 ``prepare_data``: it wraps the training dataset once before training (its items may then carry
 an ``"extras"`` dict of tensors, which the trainer stacks into ``PreferenceBatch.extras``).
 
+A method that trains something other than the diffusion model's denoiser (IMG trains an
+aligner over frozen models' features, an MLLM and an IP-Adapter) uses task ``"module"`` and
+passes ``program``: a factory of a :class:`TrainingProgram`, which loads its own models and data
+and computes the loss of a micro-batch of raw items; the trainer still owns the data order, the
+optimiser, accumulation, accelerate, checkpoints and resume, logging and the report.
+
 A method whose step differs (CHATS trains two policies on different halves of the pair) passes
 its own ``step`` with the signature of :class:`TrainingStep`. A method whose result is more than
 one denoiser (CHATS samples with both of its policies) also passes ``sampling`` — how the
@@ -32,10 +38,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pref_core.batch import PreferenceBatch
 from pref_core.conditioning import Conditioning
@@ -52,14 +59,16 @@ __all__ = [
     "TOY_FINETUNE_DEFAULTS",
     "DataContext",
     "DenoisingBatch",
+    "ProgramContext",
     "Recipe",
     "StepContext",
+    "TrainingProgram",
     "TrainingStep",
     "denoising_step",
     "preference_step",
 ]
 
-TASKS = ("preference", "denoising")
+TASKS = ("preference", "denoising", "module")
 
 # Per-model trainer settings every method's real-model recipes share (the base, the resolution,
 # the optimiser the papers use for that model, the frozen parts' dtype, the flow timestep
@@ -253,6 +262,82 @@ def denoising_step(ctx: StepContext, batch: DenoisingBatch) -> ObjectiveOutput:
     )
 
 
+@dataclass
+class ProgramContext:
+    """What a :class:`TrainingProgram` is set up with.
+
+    Attributes:
+        config: the run's configuration (``pref_apps.config.RunConfig``: sections ``model``,
+            ``data``, ``optim``, ``train``, ``log``, ``eval``); read, never modified.
+        run_dir: the run directory.
+        device: where the program's models go.
+        cache_dir: pref's cache root; a program keeps what it derives from data under it.
+        main: whether this is the main process (which writes caches first; the others wait).
+        progress: show progress bars.
+        log: the trainer's logger (prints on the main process only).
+    """
+
+    config: Any
+    run_dir: Path
+    device: Any = "cpu"
+    cache_dir: Path | None = None
+    main: bool = True
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+class TrainingProgram(Protocol):
+    """What a ``task="module"`` recipe trains: modules other than the diffusion denoiser.
+
+    The trainer calls, in order: :meth:`setup` once; then per optimiser step, for each
+    micro-batch, :meth:`step` on the items the data order picked (undecodable items already
+    dropped) and, after the update, :meth:`after_update` with the step's metrics averaged over
+    micro-batches and processes. Checkpoints hold :meth:`modules`' weights, the optimiser, the
+    RNGs and :meth:`state_dict`; :meth:`export` writes the result into ``RUN/final``.
+    """
+
+    def setup(self, ctx: ProgramContext) -> None:
+        """Load the frozen models and the data; build the trainable modules."""
+        ...
+
+    def dataset(self) -> Any:
+        """The training items (map-style: ``len`` and ``[i]``; item i is a mapping, or a
+        marker without ``__getitem__`` for an item that could not be decoded)."""
+        ...
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        """The trainable modules by name (their ``requires_grad`` parameters are optimised)."""
+        ...
+
+    def step(self, items: Sequence[Mapping[str, Any]], generators: Sequence[torch.Generator]):
+        """The loss of one micro-batch as an :class:`~pref_core.protocols.ObjectiveOutput`;
+        ``generators[i]`` is item i's generator (as in :class:`StepContext`)."""
+        ...
+
+    def after_update(self, metrics: Mapping[str, float]) -> Mapping[str, float]:
+        """Called after each optimiser step; returns metrics to log with the step."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """State beyond the trainable weights that resume needs (a reference model, counters)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def write_samples(self, path: Path, step: int) -> Path | None:
+        """Write a sample grid (PNG) to ``path`` and return it, or ``None`` when the program
+        has nothing to draw."""
+        ...
+
+    def export(self, out_dir: Path) -> None:
+        """Write the trained result into ``out_dir`` (becomes ``RUN/final``)."""
+        ...
+
+    def describe(self) -> str:
+        """Lines for the start-of-run summary (models and data)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A named training configuration that a pref package registers.
@@ -260,10 +345,14 @@ class Recipe:
     Attributes:
         name: what users type after ``--recipe`` (``"dpo-sdxl"``); namespaced by method.
         description: one line, shown by ``pref-train ls``.
-        task: ``"preference"`` (pairs) or ``"denoising"`` (single images).
+        task: ``"preference"`` (pairs), ``"denoising"`` (single images) or ``"module"`` (the
+            recipe's ``program`` trains its own modules).
         objective: factory of the objective, called with the config's ``objective`` section as
             keyword arguments (its signature defines which ``objective.*`` keys are valid);
             ``None`` for the denoising task.
+        program: for ``task="module"``: factory of the :class:`TrainingProgram`, called with the
+            config's ``objective`` section as keyword arguments (its signature defines the valid
+            ``objective.*`` keys, as for ``objective``).
         defaults: trainer settings that differ from the trainer's defaults, as dotted keys
             (``{"optim.lr": 1e-8, "model.base": "stabilityai/stable-diffusion-xl-base-1.0"}``)
             plus ``objective.*`` arguments.
@@ -299,6 +388,7 @@ class Recipe:
     sampling: Callable[[Any, Any], Any] | None = None
     finalize: Callable[..., None] | None = None
     prepare_data: Callable[[Any, Any, DataContext], Any] | None = None
+    program: Callable[..., TrainingProgram] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -307,6 +397,16 @@ class Recipe:
             )
         if self.task == "preference" and self.objective is None and self.step is None:
             raise ValueError(f"recipe {self.name!r}: a preference recipe needs an objective")
+        if (self.task == "module") != (self.program is not None):
+            raise ValueError(
+                f"recipe {self.name!r}: a program goes with task='module' and task='module' "
+                f"needs a program (task {self.task!r}, program {self.program!r})"
+            )
+        if self.program is not None and self.objective is not None:
+            raise ValueError(
+                f"recipe {self.name!r}: a module recipe's settings go to its program; "
+                "it takes no objective"
+            )
         if not self.policies:
             raise ValueError(f"recipe {self.name!r}: needs at least one policy name")
 
@@ -316,7 +416,19 @@ class Recipe:
             return self.step
         return preference_step if self.task == "preference" else denoising_step  # type: ignore[return-value]
 
+    @property
+    def settings_factory(self) -> Callable[..., Any] | None:
+        """What the ``objective.*`` settings are the arguments of: the program or objective."""
+        return self.program if self.program is not None else self.objective
+
+    def build_program(self, arguments: Mapping[str, Any]) -> TrainingProgram:
+        if self.program is None:
+            raise ValueError(f"recipe {self.name!r} is not a module recipe; it has no program")
+        return self.program(**arguments)
+
     def build_objective(self, arguments: Mapping[str, Any]) -> PreferenceObjective | None:
+        if self.program is not None:
+            return None
         if self.objective is None:
             if arguments:
                 raise ValueError(
