@@ -270,11 +270,21 @@ def _generate_and_score(
     bar: Any,
 ) -> tuple[dict[str, Tensor], Tensor, str]:
     """Scores (key → (N,)), the first GRID_SIZE images (≤16, 3, H, W) and the guidance used."""
+    from pref_apps.models import samples_itself
     from pref_core.backbones.sampling import sample
 
-    backbone, denoisers, guidance = sampling_plan(
-        backbone, settings.guidance, settings.guidance_scale
-    )
+    if samples_itself(backbone):  # IMG: its own generate–read–re-generate loop
+        model = backbone
+        guidance = resolve_guidance(model.backbone, settings.guidance, settings.guidance_scale)
+
+        def sample(_backbone, texts, *, denoisers, **kwargs):
+            return model.sample(texts, **kwargs)
+
+        backbone, denoisers = model.backbone, None
+    else:
+        backbone, denoisers, guidance = sampling_plan(
+            backbone, settings.guidance, settings.guidance_scale
+        )
     chunks: list[dict[str, Tensor]] = []
     grid: list[Tensor] = []
     for start in range(0, len(prompts), settings.batch_size):

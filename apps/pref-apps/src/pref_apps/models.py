@@ -195,3 +195,19 @@ def load_for_sampling(
             except LookupError as exc:
                 raise ModelSpecError(str(exc)) from None
     return load_backbone(source, dtype=dtype or torch.float32, device=device, **kwargs)
+
+
+def samples_itself(model: Any) -> bool:
+    """Whether ``model`` is a pipeline that runs its own sampling — a method's model made of
+    more than denoisers (IMG: generate, read with an MLLM, re-generate) — rather than a
+    :class:`~pref_core.backbones.base.Backbone` or a ``GuidedModel`` that
+    :func:`pref_core.backbones.sampling.sample` drives. Such a model has a ``backbone`` (the
+    diffusion model it builds on) and ``sample(prompts, **sample_kwargs) -> SampleResult``."""
+    from pref_core.backbones.base import Backbone
+    from pref_core.backbones.guided import GuidedModel
+
+    return (
+        not isinstance(model, (Backbone, GuidedModel))
+        and callable(getattr(model, "sample", None))
+        and hasattr(model, "backbone")
+    )

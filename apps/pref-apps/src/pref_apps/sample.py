@@ -150,8 +150,15 @@ def _sample(args: argparse.Namespace) -> int:
     from pref_core.backbones.sampling import make_scheduler, sample
 
     denoisers = None
+    sampler = None  # a model that samples itself (IMG)
     try:
-        if isinstance(backbone, GuidedModel):
+        if models.samples_itself(backbone):
+            if args.guidance_set:
+                backbone = backbone.with_settings(**_settings(args.guidance_set))
+            sampler = backbone.sample
+            backbone = backbone.backbone
+            guidance = resolve_guidance(backbone, guidance_scale=args.guidance_scale)
+        elif isinstance(backbone, GuidedModel):
             if args.guidance_scale is not None:
                 raise _UsageError(
                     f"{args.model} is a {backbone.method} model that samples with its own rule "
@@ -170,21 +177,37 @@ def _sample(args: argparse.Namespace) -> int:
         make_scheduler(backbone, args.scheduler)
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
-    result = sample(
-        backbone,
-        prompts,
-        denoisers=denoisers,
-        guidance=guidance,
-        scheduler=args.scheduler,
-        num_inference_steps=args.steps,
-        height=args.height,
-        width=args.width,
-        seeds=seeds,
-        batch_size=args.batch_size,
-        negative_prompts=args.negative_prompt,
-        progress=not args.no_progress,
-        output_type="pil",
-    )
+    if sampler is not None:
+        if args.negative_prompt:
+            raise _UsageError(f"{args.model} samples itself and takes no --negative-prompt")
+        result = sampler(
+            prompts,
+            guidance=guidance,
+            scheduler=args.scheduler,
+            num_inference_steps=args.steps,
+            height=args.height,
+            width=args.width,
+            seeds=seeds,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            output_type="pil",
+        )
+    else:
+        result = sample(
+            backbone,
+            prompts,
+            denoisers=denoisers,
+            guidance=guidance,
+            scheduler=args.scheduler,
+            num_inference_steps=args.steps,
+            height=args.height,
+            width=args.width,
+            seeds=seeds,
+            batch_size=args.batch_size,
+            negative_prompts=args.negative_prompt,
+            progress=not args.no_progress,
+            output_type="pil",
+        )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1007,6 +1007,9 @@ class ModuleTrainer(Trainer):
                 main=self.main,
                 progress=c.log.progress and self.main,
                 log=self._log,
+                resolve_model=lambda spec: resolve_base(
+                    spec, progress=c.log.progress and self.main, log=self._log
+                ),
             )
         )
         self.base_source = getattr(self.program, "base_source", None)

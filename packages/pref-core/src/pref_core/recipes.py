@@ -275,6 +275,9 @@ class ProgramContext:
         main: whether this is the main process (which writes caches first; the others wait).
         progress: show progress bars.
         log: the trainer's logger (prints on the main process only).
+        resolve_model: turns a model spec as users write it in ``model.base`` (a hub id, a
+            folder, a finished run directory, a toy kind, ``toy-pretrained:KIND``) into a source
+            the loaders read; identity when the trainer gives none.
     """
 
     config: Any
@@ -284,6 +287,7 @@ class ProgramContext:
     main: bool = True
     progress: bool = True
     log: Callable[[str], None] = print
+    resolve_model: Callable[[str], str] = str
 
 
 class TrainingProgram(Protocol):
