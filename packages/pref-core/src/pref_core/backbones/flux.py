@@ -131,6 +131,15 @@ class FluxDenoiser(nn.Module):
     (B, C, H, W) in the model's dtype. The transformer is called exactly as ``FluxPipeline``
     calls it: packed latents, ``timestep=timesteps / 1000``, the raw guidance value (the
     transformer scales both by 1000 itself), 2-D ``img_ids``/``txt_ids``.
+
+    Image prompts: an ``ip_tokens`` entry (B, S, D) in ``cond`` holds IP-Adapter image tokens
+    that are *already projected* (D = ``joint_attention_dim``, the XLabs FLUX IP-Adapter's
+    width); they go to the transformer as ``joint_attention_kwargs={"ip_adapter_image_embeds":
+    [ip_tokens]}``, as ``FluxPipeline`` passes image embeddings. This needs
+    ``FluxIPAdapterAttnProcessor``s in the double-stream blocks and, in place of diffusers'
+    image projection, an ``encoder_hid_proj`` that passes projected tokens through (marked
+    ``takes_projected_tokens = True``; pref-img's ``ProjectedTokens``). Without ``ip_tokens``
+    the transformer is called exactly as before.
     """
 
     def __init__(self, transformer: nn.Module) -> None:
@@ -172,6 +181,24 @@ class FluxDenoiser(nn.Module):
                     "FluxConditionEncoder"
                 )
             guidance = cond["guidance"].to(device=device, dtype=torch.float32)
+        extra: dict[str, Any] = {}
+        if "ip_tokens" in cond:
+            tokens = cond["ip_tokens"]  # (B, S, D), already projected
+            if tokens.ndim != 3 or tokens.shape[-1] != config.joint_attention_dim:
+                raise ValueError(
+                    f"ip_tokens must be projected image tokens (B, S, "
+                    f"{config.joint_attention_dim}), got {tuple(tokens.shape)}; project image "
+                    "features with this transformer's IP-Adapter image projection first"
+                )
+            proj = getattr(self.model, "encoder_hid_proj", None)
+            if not getattr(proj, "takes_projected_tokens", False):
+                raise ValueError(
+                    "the conditioning has ip_tokens but this transformer has no IP-Adapter "
+                    "attention with a pass-through image projection; load the adapter with "
+                    "pref_img.image_prompt.load_image_prompt_model"
+                )
+            embeds = [tokens.to(device=device, dtype=dtype)]
+            extra["joint_attention_kwargs"] = {"ip_adapter_image_embeds": embeds}
         out = self.model(
             hidden_states=hidden,
             timestep=timesteps.to(dtype) / TIMESTEP_SCALE,
@@ -181,6 +208,7 @@ class FluxDenoiser(nn.Module):
             txt_ids=cond["text_ids"].to(device=device, dtype=dtype),
             img_ids=img_ids,
             return_dict=True,
+            **extra,
         ).sample  # (B, H/2·W/2, 4C_out)
         return unpack_latents(out, h, w)  # (B, C_out, H, W)
 

@@ -79,6 +79,14 @@ class UNetDenoiser(nn.Module):
     exact — the UNet's sinusoidal projection of them runs in float32 anyway. Returns the
     prediction (ε or v, as the checkpoint was trained) in the UNet's dtype, (B, 4, h, w).
 
+    Image prompts: an ``ip_tokens`` entry (B, S, D) in ``cond`` holds IP-Adapter image tokens
+    that are *already projected* (D = ``cross_attention_dim``); they go to the UNet as
+    ``added_cond_kwargs["image_embeds"] = [ip_tokens]``. This needs IP-Adapter attention
+    processors on the UNet (``encoder_hid_dim_type == "ip_image_proj"``) and, in place of
+    diffusers' image projection, an ``encoder_hid_proj`` that passes projected tokens through
+    (marked ``takes_projected_tokens = True``; pref-img's ``ProjectedTokens``). Without
+    ``ip_tokens`` the UNet is called exactly as before.
+
     Attributes:
         model: the wrapped UNet (LoRA adapters attach here).
     """
@@ -126,6 +134,24 @@ class UNetDenoiser(nn.Module):
                 "text_embeds": cond["pooled_prompt_embeds"].to(device=device, dtype=dtype),
                 "time_ids": cond["add_time_ids"].to(device=device),
             }
+        if "ip_tokens" in cond:
+            tokens = cond["ip_tokens"]  # (B, S, D), already projected
+            if tokens.ndim != 3 or tokens.shape[-1] != config.cross_attention_dim:
+                raise ValueError(
+                    f"ip_tokens must be projected image tokens (B, S, "
+                    f"{config.cross_attention_dim}), got {tuple(tokens.shape)}; project image "
+                    "features with this UNet's IP-Adapter image projection first"
+                )
+            if config.encoder_hid_dim_type != "ip_image_proj" or not getattr(
+                unet.encoder_hid_proj, "takes_projected_tokens", False
+            ):
+                raise ValueError(
+                    "the conditioning has ip_tokens but this UNet has no IP-Adapter attention "
+                    "with a pass-through image projection; load the adapter with "
+                    "pref_img.image_prompt.load_image_prompt_model (or attach_ip_adapter)"
+                )
+            added = kwargs.setdefault("added_cond_kwargs", {})
+            added["image_embeds"] = [tokens.to(device=device, dtype=dtype)]
         timesteps = torch.as_tensor(timesteps, device=device)
         return unet(
             x_t.to(device=device, dtype=dtype),
