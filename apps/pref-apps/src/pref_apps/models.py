@@ -85,8 +85,9 @@ def _checkpoints(run: Path) -> list[str]:
 def resolve_spec(spec: str | os.PathLike[str]) -> str:
     """What :func:`load_for_sampling` hands to ``load_backbone`` for ``spec``.
 
-    - a run directory → its ``final/`` pipeline folder (an error when the run has not
-      finished, listing its checkpoints);
+    - a run directory → its ``final/`` folder (a pipeline, or a method's model with a
+      ``pref_model.json`` manifest; an error when the run has not finished, listing its
+      checkpoints);
     - a pipeline folder (``model_index.json`` inside) → itself;
     - any other existing folder → an error explaining what was expected;
     - ``toy-pretrained:KIND[:SEED]`` → the trainer's cached toy base folder (trained once on
@@ -117,7 +118,7 @@ def resolve_spec(spec: str | os.PathLike[str]) -> str:
         return str(path)
     if is_run_dir(path):
         final = path / "final"
-        if (final / "model_index.json").is_file():
+        if (final / "model_index.json").is_file() or (final / "pref_model.json").is_file():
             return str(final)
         checkpoints = _checkpoints(path)
         listing = (

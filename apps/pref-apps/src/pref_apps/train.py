@@ -259,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pref_apps.models import ModelSpecError
     from pref_apps.trainer import (
         DataPreparationError,
+        ProgramSetupError,
         ResumeError,
         TrainingDiverged,
         run_recipe,
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"pref-train: training stopped: {exc}", file=sys.stderr)
         return 1
-    except (ResumeError, DataPreparationError) as exc:
+    except (ResumeError, DataPreparationError, ProgramSetupError) as exc:
         return _err(str(exc))
     return 0
 

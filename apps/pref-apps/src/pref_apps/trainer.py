@@ -64,6 +64,11 @@ class DataPreparationError(RuntimeError):
     bad embedder settings, ...): the message says what to change."""
 
 
+class ProgramSetupError(RuntimeError):
+    """A module recipe's program could not load its models or data (a missing component, an
+    unreadable source): pref-train prints the message and exits 2."""
+
+
 class ResumeError(RuntimeError):
     """A run cannot be resumed as asked."""
 
@@ -618,7 +623,8 @@ class Trainer:
                     acc.backward(loss / c.train.grad_accum)
                 sums["loss"] = sums.get("loss", 0) + loss.detach()
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0) + v.detach().float()
+                    if k != "loss":  # an objective that reports its loss: counted above
+                        sums[k] = sums.get(k, 0) + v.detach().float()
                 count += 1
             grad_norm = None
             if c.optim.max_grad_norm:
@@ -998,20 +1004,22 @@ class ModuleTrainer(Trainer):
         c = self.config
         torch.manual_seed(c.train.seed)
         self.program = self.recipe.build_program(c.objective)
-        self.program.setup(
-            ProgramContext(
-                config=c,
-                run_dir=self.run_dir,
-                device=self.accelerator.device,
-                cache_dir=cache_root(),
-                main=self.main,
-                progress=c.log.progress and self.main,
-                log=self._log,
-                resolve_model=lambda spec: resolve_base(
-                    spec, progress=c.log.progress and self.main, log=self._log
-                ),
-            )
+        context = ProgramContext(
+            config=c,
+            run_dir=self.run_dir,
+            device=self.accelerator.device,
+            cache_dir=cache_root(),
+            main=self.main,
+            progress=c.log.progress and self.main,
+            log=self._log,
+            resolve_model=lambda spec: resolve_base(
+                spec, progress=c.log.progress and self.main, log=self._log
+            ),
         )
+        try:
+            self.program.setup(context)
+        except (OSError, ValueError) as exc:
+            raise ProgramSetupError(f"recipe {self.recipe.name}: {exc}") from exc
         self.base_source = getattr(self.program, "base_source", None)
         self.objective = None
         dataset = self.program.dataset()

@@ -115,6 +115,17 @@ class IMGModel:
     def sample_size(self) -> tuple[int, int]:
         return self.backbone.sample_size
 
+    def with_settings(self, **changes: Any) -> IMGModel:
+        """A copy with :class:`IMGSettings` fields changed (``rounds=2``, ``ip_scale=0.3``);
+        ``pref-sample --guidance-set`` calls this."""
+        names = {f.name for f in dataclasses.fields(IMGSettings)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"IMG has no settings {unknown}; it has {sorted(names)}")
+        counts = ("rounds", "aligner_repeats")  # from the command line they arrive as floats
+        changes = {k: int(v) if k in counts else float(v) for k, v in changes.items()}
+        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **changes))
+
     def to(self, *args: Any, **kwargs: Any) -> IMGModel:
         self.image_prompt.to(*args, **kwargs)
         self.detector.model.to(*args, **kwargs)
@@ -313,7 +324,11 @@ def load_img(
         raise ValueError(f"{folder / 'pref_model.json'} lacks {missing}; re-export the IMG model")
     backbone = load_backbone(str(manifest["base"]), dtype=dtype, device=device)
     ip_spec = dict(manifest["ip_adapter"])
-    source = ip_spec.pop("source")
+    source = ip_spec.pop("source", None)
+    if not source:
+        raise ValueError(
+            f"{folder / 'pref_model.json'}: ip_adapter has no 'source'; re-export the IMG model"
+        )
     image_prompt = load_image_prompt_model(backbone, source, dtype=dtype, device=device, **ip_spec)
     detector = load_detector(str(manifest["detector"]), dtype=dtype, device=device)
     aligner = ImplicitAligner.from_pretrained(

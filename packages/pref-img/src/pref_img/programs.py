@@ -37,11 +37,23 @@ SAMPLE_PROMPTS_REAL = (
 )
 
 
-def resolve_component(spec: str, ctx: ProgramContext) -> str:
+# The toy chain's components and the recipe that makes each.
+_CHAIN = {"objective.ip_adapter": "toy-ip-adapter", "objective.detector": "img-mllm-toy"}
+
+
+def resolve_component(spec: str, ctx: ProgramContext, setting: str | None = None) -> str:
     """A component spec → a loadable source: a finished run directory gives its ``final/``
     folder (whatever the run exported: an MLLM, an IP-Adapter); the rest goes through the
-    trainer's model resolution (hub ids and folders unchanged, ``toy-pretrained:KIND``)."""
+    trainer's model resolution (hub ids and folders unchanged, ``toy-pretrained:KIND``).
+
+    A local-looking path that does not exist is an error naming the recipe that makes it."""
     path = Path(spec)
+    local = spec.startswith((".", "/", "~", "runs")) or spec.count("/") != 1
+    if local and not path.exists():
+        hint = ""
+        if setting in _CHAIN:
+            hint = f"; train it first: pref-train --recipe {_CHAIN[setting]} log.output_dir={spec}"
+        raise FileNotFoundError(f"{setting or 'the model'} {spec!r} does not exist{hint}")
     if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
         final = path / "final"
         if not final.is_dir():
@@ -204,17 +216,17 @@ class AlignerProgram:
         self.toy = _toy_data(c)
         self.base_source = ctx.resolve_model(c.model.base)
         ip_spec = dict(self.ip_spec)
-        ip_spec["source"] = resolve_component(ip_spec["source"], ctx)
+        ip_spec["source"] = resolve_component(ip_spec["source"], ctx, "objective.ip_adapter")
         if ip_spec["source"] != self.ip_spec["source"]:  # a run's export: the file is at the top
             ip_spec["weight_name"] = None
             ip_spec["subfolder"] = None
         self.ip_spec_resolved = ip_spec
-        self.detector_source = resolve_component(self.detector_spec, ctx)
+        self.detector_source = resolve_component(self.detector_spec, ctx, "objective.detector")
         ctx.log(f"loading the base model {self.base_source}")
         backbone = load_backbone(self.base_source, dtype=dtype, device=ctx.device)
-        source = ip_spec.pop("source")
+        options = {k: v for k, v in ip_spec.items() if k != "source"}
         self.image_prompt = load_image_prompt_model(
-            backbone, source, dtype=dtype, device=ctx.device, **ip_spec
+            backbone, ip_spec["source"], dtype=dtype, device=ctx.device, **options
         )
         ctx.log(f"loading the MLLM {self.detector_source}")
         self.detector = load_detector(self.detector_source, dtype=dtype, device=ctx.device)
@@ -418,7 +430,7 @@ class DetectorProgram:
                 build_toy_detector(folder, seed=c.train.seed)
             base = str(folder)
         else:
-            base = resolve_component(base, ctx)
+            base = resolve_component(base, ctx, "model.base")
         self.base_source = None  # no diffusion model to compare against
         self.source = base
         mode = c.model.mode if c.model.mode in ("full", "lora") else "full"
