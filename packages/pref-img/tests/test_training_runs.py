@@ -26,21 +26,21 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("pref_apps")
 pytest.importorskip("pyarrow")
 
-from pref_apps.testing import run_metrics, write_pickapic_parquet  # noqa: E402
-from pref_apps.train import main as train_main  # noqa: E402
-
-from pref_img.tiny_ip import (  # noqa: E402
+from pref_apps.testing import run_metrics, write_pickapic_parquet
+from pref_apps.train import main as train_main
+from pref_img.tiny_ip import (
     build_tiny_clip_vision,
     build_tiny_flux_ip_adapter,
     build_tiny_sdxl_ip_adapter_plus,
 )
-from pref_img.tiny_mllm import build_tiny_llava  # noqa: E402
+from pref_img.tiny_mllm import build_tiny_llava
 
 PROMPTS = ["a photo of a cat", "a bowl of fruit"]
 
@@ -135,8 +135,10 @@ def test_recipe_trains_exports_and_regenerates(recipe, family, parts, tmp_path):
 
     out = tmp_path / "samples"
     status = sample_main(
-        [str(run), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", "2"]
-        + ["--seed", "5", "--out", str(out), "--no-progress", "--device", "cpu"]
+        [
+            *(str(run), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--steps", "2"),
+            *("--seed", "5", "--out", str(out), "--no-progress", "--device", "cpu"),
+        ]
     )
     assert status == 0
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -146,12 +148,7 @@ def test_recipe_trains_exports_and_regenerates(recipe, family, parts, tmp_path):
     from PIL import Image
 
     written = torch.stack(
-        [
-            torch.from_numpy(__import__("numpy").asarray(Image.open(out / r["file"]))).permute(
-                2, 0, 1
-            )
-            for r in records
-        ]
+        [torch.from_numpy(np.array(Image.open(out / r["file"]))).permute(2, 0, 1) for r in records]
     ).float()
     expected = (result.final * 255).round()
     assert (written - expected).abs().max() <= 1  # PNG rounding
