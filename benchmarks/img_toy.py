@@ -15,6 +15,9 @@ Variants (each for every seed):
 
 - ``img``           λ = 1, k = 10, one round (the paper's setting)
 - ``img-2rounds``   the same aligners, two rounds (Fig. 7 analogue: re-generate the re-generation)
+- ``no-aligner``    the same runs with the aligner applied 0 times: re-generation from the initial
+                    image's *own* tokens — the control that separates alignment from the effect of
+                    re-generating with an image prompt at all
 - ``lam-0``/``lam-0.5``/``lam-2``  λ of Eq. 7 (λ = 0 is L_base alone)
 - ``no-ref-update`` k = 0: f_ref stays at its initialisation (the identity map)
 
@@ -43,7 +46,8 @@ VARIANTS = {
     "lam-2": {"objective.lam": 2.0},
     "no-ref-update": {"objective.reference_update_k": 0},
 }
-ROUND_VARIANTS = {"img-2rounds": ("img", 2)}
+# Other inference settings of the ``img`` runs: variant → settings of the loaded IMGModel.
+SETTING_VARIANTS = {"img-2rounds": {"rounds": 2}, "no-aligner": {"aligner_repeats": 0}}
 
 
 def _run(recipe, run_dir: Path, settings: dict) -> Path:
@@ -65,10 +69,10 @@ def _run(recipe, run_dir: Path, settings: dict) -> Path:
     return run_dir
 
 
-def _rounds_eval(run_dir: Path, rounds: int, seed: int) -> dict:
-    """Evaluate a trained IMG run with ``rounds`` rounds, against the base, on the same prompts
-    and seeds as its own evaluation."""
-    out = run_dir / f"eval-rounds{rounds}"
+def _settings_eval(run_dir: Path, variant: str, settings: dict) -> dict:
+    """Evaluate a trained IMG run with other inference ``settings`` against the base, on the
+    same prompts and seeds as its own evaluation."""
+    out = run_dir / f"eval-{variant}"
     if (out / "eval.json").exists():
         return json.loads((out / "eval.json").read_text())
     from pref_apps.evaluation import compare, load_prompts
@@ -79,7 +83,7 @@ def _rounds_eval(run_dir: Path, rounds: int, seed: int) -> dict:
     base_source = json.loads((run_dir / "final" / "pref_model.json").read_text())["base"]
     result = compare(
         load_for_sampling(base_source),
-        load_for_sampling(str(run_dir), rounds=rounds),
+        load_for_sampling(str(run_dir), **settings),
         load_prompts(saved["prompts"]),
         load_scorer(saved["scorer"]),
         num_inference_steps=saved["num_inference_steps"],
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/img-toy-bench"))
-    parser.add_argument("--only", nargs="+", default=[*VARIANTS, *ROUND_VARIANTS])
+    parser.add_argument("--only", nargs="+", default=[*VARIANTS, *SETTING_VARIANTS])
     args = parser.parse_args(argv)
 
     from pref_img import recipes
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, list[dict]] = {}
     for variant in args.only:
-        if variant in ROUND_VARIANTS:
+        if variant in SETTING_VARIANTS:
             continue
         results[variant] = []
         for seed in args.seeds:
@@ -140,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
             results[variant].append(json.loads((run_dir / "eval" / "eval.json").read_text()))
-    for variant, (source, rounds) in ROUND_VARIANTS.items():
+    for variant, settings in SETTING_VARIANTS.items():
         if variant in args.only:
             results[variant] = [
-                _rounds_eval(out / f"{source}-seed{seed}", rounds, seed) for seed in args.seeds
+                _settings_eval(out / f"img-seed{seed}", variant, settings) for seed in args.seeds
             ]
 
     print()

@@ -152,6 +152,17 @@ def test_recipe_trains_exports_and_regenerates(recipe, family, parts, tmp_path):
     ).float()
     expected = (result.final * 255).round()
     assert (written - expected).abs().max() <= 1  # PNG rounding
+    # two rounds: the first is the one-round result, the second re-generates from it
+    two = model.with_settings(rounds=2).run(PROMPTS, seeds=[5, 6], num_inference_steps=2)
+    assert len(two.rounds) == 2
+    torch.testing.assert_close(two.rounds[0], result.final, rtol=0, atol=0)
+    assert not torch.equal(two.rounds[1], two.rounds[0])
+    # repeats 0: the initial image's own tokens, the MLLM not consulted
+    own = model.with_settings(aligner_repeats=0)
+    x = result.initial * 2 - 1
+    torch.testing.assert_close(own.align(result.initial, PROMPTS), model.image_prompt.encode(x))
+    with pytest.raises(TypeError, match="no settings"):
+        model.with_settings(strength=2)
     # IP scale 0: the re-generation is the initial image (same seeds)
     unscaled = model.with_settings(ip_scale=0.0).run(PROMPTS, seeds=[5, 6], num_inference_steps=2)
     torch.testing.assert_close(unscaled.final, unscaled.initial, rtol=0, atol=1e-6)

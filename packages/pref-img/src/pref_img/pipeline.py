@@ -136,11 +136,14 @@ class IMGModel:
     @torch.no_grad()
     def align(self, images: Tensor, prompts: Sequence[str], repeats: int | None = None) -> Tensor:
         """Aligned IP tokens of ``images`` (N, 3, H, W) in [0, 1] for their ``prompts``:
-        (N, S, D) — stages 2 and 3."""
+        (N, S, D) — stages 2 and 3. ``repeats=0`` returns the images' own tokens (the MLLM is
+        not run): re-generation without alignment, the control of the ablations."""
         repeats = self.settings.aligner_repeats if repeats is None else repeats
         x = images * 2 - 1  # the detector and the image encoder take [-1, 1]
         guidance, mask = self.detector.guidance_features(x, list(prompts))
         tokens = self.image_prompt.encode(x)
+        if repeats == 0:  # the control: re-generate from the initial image's own tokens
+            return tokens
         p = next(self.aligner.parameters())
         aligned = self.aligner.align(
             tokens.to(device=p.device, dtype=p.dtype),

@@ -581,9 +581,19 @@ class IPAdapterProgram:
         if encoder_source == "toy":
             from pref_img.tiny_ip import build_tiny_clip_vision
 
-            folder = Path(ctx.cache_dir or ctx.run_dir) / "img-toy-image-encoder" / "seed0"
+            # 4 px patches (an 8×8 grid on 32 px): the oracle reads position and shape, which
+            # coarser patches blur; random weights, seeded, frozen.
+            folder = Path(ctx.cache_dir or ctx.run_dir) / "img-toy-image-encoder" / "p4-w64-seed0"
             if not (folder / "config.json").exists() and ctx.main:
-                build_tiny_clip_vision(folder, image_size=backbone.sample_size[0], seed=0)
+                build_tiny_clip_vision(
+                    folder,
+                    image_size=backbone.sample_size[0],
+                    patch_size=4,
+                    hidden_size=64,
+                    projection_dim=64,
+                    num_hidden_layers=2,
+                    seed=0,
+                )
             encoder_source = str(folder)
         self.encoder_source = encoder_source
         encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_source).to(ctx.device)
