@@ -43,7 +43,11 @@ PACKAGES: dict[str, tuple[str, str, str]] = {
 CORE_DIR = PACKAGES["core"][2]
 # Siblings an isolated session installs from the checkout with the package (pip would otherwise
 # look them up in the registry); every package depends on pref-core.
-LOCAL_DEPENDENCIES = {"apps": ("core", "data"), "contrast": ("core", "data"), "img": ("core", "data")}
+LOCAL_DEPENDENCIES = {
+    "apps": ("core", "data"),
+    "contrast": ("core", "data"),
+    "img": ("core", "data"),
+}
 TEST_PATHS = [f"{path}/tests" for _, _, path in PACKAGES.values()] + ["tests"]
 CLIS = ["pref-train", "pref-sample", "pref-eval"]
 HEAVY_MODULES = ("diffusers", "transformers", "triton", "peft", "accelerate")
