@@ -164,6 +164,22 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         )
         print(f"| {variant} | {summary(base)} | {summary(tuned)} | {per_seed} | {_pooled(rows)} |")
+    if "img" in results and "no-aligner" in results:
+        tuned = [row["scores"]["tuned"]["total"] for r in results["img"] for row in r["per_prompt"]]
+        control = [
+            row["scores"]["tuned"]["total"]
+            for r in results["no-aligner"]
+            for row in r["per_prompt"]
+        ]
+        from pref_apps.stats import win_rate_ci
+
+        ci = win_rate_ci(tuned, control)
+        print()
+        print(
+            "IMG (aligned tokens) vs re-generation from the initial image's own tokens, same "
+            f"prompts and seeds, pooled over seeds: {ci.rate:.1%} [{ci.low:.1%}, {ci.high:.1%}] "
+            f"({ci.wins} wins, {ci.ties} ties, {ci.losses} losses)"
+        )
     print()
     print_attribute_table(results)
     return 0

@@ -44,21 +44,37 @@ SAMPLE_PROMPTS_REAL = (
 
 
 # The toy chain's components and the recipe that makes each.
-_CHAIN = {"objective.ip_adapter": "toy-ip-adapter", "objective.detector": "img-mllm-toy"}
+# The recipe that makes each component: (toy world, real models); None: use a published one.
+_CHAIN = {
+    "objective.ip_adapter": ("toy-ip-adapter", None),
+    "objective.detector": ("img-mllm-toy", "img-mllm-llava"),
+}
 
 
-def resolve_component(spec: str, ctx: ProgramContext, setting: str | None = None) -> str:
+def _maker(setting: str | None, toy: bool) -> str | None:
+    return _CHAIN.get(setting or "", (None, None))[0 if toy else 1]
+
+
+def _looks_local(spec: str) -> bool:
+    """A path rather than a hub id (``ORG/NAME``): explicit (``./``, ``/``, ``~``) or not of
+    the hub's two-part form."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") != 1
+
+
+def resolve_component(
+    spec: str, ctx: ProgramContext, setting: str | None = None, *, toy: bool = False
+) -> str:
     """A component spec → a loadable source: a finished run directory gives its ``final/``
     folder (whatever the run exported: an MLLM, an IP-Adapter); the rest goes through the
     trainer's model resolution (hub ids and folders unchanged, ``toy-pretrained:KIND``).
 
     A local-looking path that does not exist is an error naming the recipe that makes it."""
-    path = Path(spec)
-    local = spec.startswith((".", "/", "~", "runs")) or spec.count("/") != 1
-    if local and not path.exists():
+    path = Path(spec).expanduser()
+    if _looks_local(spec) and not path.exists():
         hint = ""
-        if setting in _CHAIN:
-            hint = f"; train it first: pref-train --recipe {_CHAIN[setting]} log.output_dir={spec}"
+        maker = _maker(setting, toy)
+        if maker is not None:
+            hint = f"; train it first: pref-train --recipe {maker} log.output_dir={spec}"
         raise FileNotFoundError(f"{setting or 'the model'} {spec!r} does not exist{hint}")
     if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
         final = path / "final"
@@ -203,8 +219,12 @@ class AlignerProgram:
             ("ip_adapter", self.ip_spec["source"]),
             ("detector", self.detector_spec),
         ):
-            if not Path(spec).exists() and spec.count("/") != 1:
-                problems.append(f"objective.{name} {spec!r} is neither a path nor a hub id")
+            if _looks_local(spec) and not Path(spec).expanduser().exists():
+                hint = _maker(f"objective.{name}", _toy_data(config))
+                problems.append(
+                    f"objective.{name} {spec!r} does not exist"
+                    + (f" (train it with pref-train --recipe {hint})" if hint else "")
+                )
         return problems
 
     # -------------------------------------------------------------- setup
@@ -222,12 +242,16 @@ class AlignerProgram:
         self.toy = _toy_data(c)
         self.base_source = ctx.resolve_model(c.model.base)
         ip_spec = dict(self.ip_spec)
-        ip_spec["source"] = resolve_component(ip_spec["source"], ctx, "objective.ip_adapter")
+        ip_spec["source"] = resolve_component(
+            ip_spec["source"], ctx, "objective.ip_adapter", toy=self.toy
+        )
         if ip_spec["source"] != self.ip_spec["source"]:  # a run's export: the file is at the top
             ip_spec["weight_name"] = None
             ip_spec["subfolder"] = None
         self.ip_spec_resolved = ip_spec
-        self.detector_source = resolve_component(self.detector_spec, ctx, "objective.detector")
+        self.detector_source = resolve_component(
+            self.detector_spec, ctx, "objective.detector", toy=self.toy
+        )
         ctx.log(f"loading the base model {self.base_source}")
         backbone = load_backbone(self.base_source, dtype=dtype, device=ctx.device)
         options = {k: v for k, v in ip_spec.items() if k != "source"}

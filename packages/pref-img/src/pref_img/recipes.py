@@ -151,11 +151,16 @@ TOY_IP_ADAPTER = Recipe(
         "data.source": "toy-pretrain",
         "data.size": 8192,
         "data.defect_rate": 0.3,
+        # A toy prompt describes its image completely, so with the paper's 5% text dropout the
+        # image tokens have nothing to add and the adapter learns to be ignored (measured:
+        # reconstruction from tokens 0.377 vs 0.395 unconditional); dropping the text half the
+        # time makes the tokens carry the image.
+        "objective.drop_text": 0.5,
         "optim.lr": 1e-3,
         "optim.weight_decay": 0.01,
         "optim.schedule": "constant",
         "optim.warmup_steps": 20,
-        "train.steps": 600,
+        "train.steps": 1500,
         "train.batch_size": 32,
         "log.every": 20,
         "log.sample_every": 200,
@@ -204,10 +209,10 @@ IMG_TOY = Recipe(
         "data.source": "toy-pairs",
         "data.size": 4096,
         "data.flip_rate": 0.1,
-        "objective.ip_adapter": "runs/toy-ip-adapter",
+        "objective.ip_adapter": "./runs/toy-ip-adapter",
         "objective.ip_weight_name": None,
         "objective.ip_subfolder": None,
-        "objective.detector": "runs/img-mllm-toy",
+        "objective.detector": "./runs/img-mllm-toy",
         "objective.num_heads": 4,
         "objective.feature_cache": True,
         "optim.lr": 1e-3,
