@@ -163,6 +163,19 @@ def test_recipe_trains_exports_and_regenerates(recipe, family, parts, tmp_path):
     torch.testing.assert_close(own.align(result.initial, PROMPTS), model.image_prompt.encode(x))
     with pytest.raises(TypeError, match="no settings"):
         model.with_settings(strength=2)
+    # pref-eval: the base (the run's model.base) against IMG on the same prompts and seeds
+    from pref_apps.evaluate import main as eval_main
+
+    evaluated = tmp_path / "eval"
+    status = eval_main(
+        [
+            *("--tuned", str(run), "--prompts", "toy:2", "--steps", "2"),
+            *("--out", str(evaluated), "--no-progress"),
+        ]
+    )
+    assert status == 0
+    report = json.loads((evaluated / "eval.json").read_text())
+    assert report["win_rate"]["n"] == 2 and set(report["models"]) == {"base", "tuned"}
     # IP scale 0: the re-generation is the initial image (same seeds)
     unscaled = model.with_settings(ip_scale=0.0).run(PROMPTS, seeds=[5, 6], num_inference_steps=2)
     torch.testing.assert_close(unscaled.final, unscaled.initial, rtol=0, atol=1e-6)

@@ -175,8 +175,8 @@ def _check_scheduler(backbones: Sequence[Any], scheduler: str) -> None:
     from pref_core.backbones.sampling import make_scheduler
 
     for backbone in backbones:
-        try:
-            make_scheduler(backbone, scheduler)
+        try:  # a GuidedModel / IMGModel samples with the scheduler of its backbone
+            make_scheduler(getattr(backbone, "backbone", backbone), scheduler)
         except (TypeError, ValueError) as exc:
             raise _UsageError(f"--scheduler {scheduler}: {exc}") from None
 
