@@ -197,3 +197,112 @@ def test_img_toy_needs_its_chain_first(tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "objective.ip_adapter" in err and "pref-train --recipe toy-ip-adapter" in err
+
+
+def _instructpix2pix_parquet(path: Path, n: int = 4) -> Path:
+    """A tiny InstructPix2Pix-format parquet file (images as the datasets Image struct)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, "PNG")
+        images.append({"bytes": buffer.getvalue(), "path": f"{i}.png"})
+    table = pa.table(
+        {
+            "original_prompt": [f"a photo {i}" for i in range(n)],
+            "original_image": images,
+            "edit_prompt": ["make it red", "add a dog", "make it night", "remove the hat"][:n],
+            "edited_prompt": [f"a red photo {i}" for i in range(n)],
+            "edited_image": images,
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("recipe", ["img-mllm-llava", "img-mllm-qwen"])
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_detector_recipes_train_and_export(recipe, mode, tmp_path):
+    """The detector recipes on a tiny LLaVA / Qwen2.5-VL and InstructPix2Pix-format data: two
+    steps, the answer-token loss logged, ``RUN/final`` loads back through ``load_detector``."""
+    from pref_img.detector import load_detector
+    from pref_img.tiny_mllm import build_tiny_qwen2_5_vl
+
+    model = (
+        build_tiny_llava(tmp_path / "mllm", image_size=32)
+        if recipe == "img-mllm-llava"
+        else build_tiny_qwen2_5_vl(tmp_path / "mllm")
+    )
+    data = _instructpix2pix_parquet(tmp_path / "ip2p.parquet")
+    run = tmp_path / "run"
+    status = train_main(
+        [
+            *("--recipe", recipe, f"model.base={model}", f"model.mode={mode}"),
+            *("model.dtype=float32", "model.gradient_checkpointing=false", "model.lora_rank=4"),
+            *(f"data.source={data}", "data.resolution=32", "train.steps=2"),
+            *("train.batch_size=2", "train.grad_accum=1", "optim.warmup_steps=0"),
+            *("log.tensorboard=false", "log.progress=false", f"log.output_dir={run}"),
+        ]
+    )
+    assert status == 0
+    rows = run_metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["answer_tokens"] > 0 for r in rows)
+    detector = load_detector(run / "final")
+    features, mask = detector.guidance_features(torch.zeros(1, 3, 32, 32), ["a red photo"])
+    assert features.shape[-1] == detector.hidden_size and mask.sum() > 0
+
+
+def test_toy_chain_runs_end_to_end(tmp_path, monkeypatch):
+    """toy-ip-adapter → img-mllm-toy → img-toy, each shortened, then the evaluation against
+    the base: the CPU path a user runs first."""
+    monkeypatch.setenv("PREF_CACHE", str(tmp_path / "cache"))
+    common = ("train.steps=2", "log.progress=false", "log.tensorboard=false")
+    ip_run, detector_run, img_run = tmp_path / "ip", tmp_path / "mllm", tmp_path / "img"
+    assert (
+        train_main(
+            [
+                *("--recipe", "toy-ip-adapter", "data.size=8", "train.batch_size=4"),
+                *("objective.eval_size=4", "eval.steps=2", "log.sample_steps=2"),
+                *common,
+                f"log.output_dir={ip_run}",
+            ]
+        )
+        == 0
+    )
+    recon = json.loads((ip_run / "eval" / "ip_adapter.json").read_text())
+    assert recon["n"] == 4 and 0 <= recon["from_tokens_total"] <= 1
+    assert (
+        train_main(
+            [
+                *("--recipe", "img-mllm-toy", "data.size=8", "train.batch_size=4"),
+                *("objective.eval_size=4", "objective.max_new_tokens=4"),
+                *common,
+                f"log.output_dir={detector_run}",
+            ]
+        )
+        == 0
+    )
+    agreement = json.loads((detector_run / "eval" / "detector.json").read_text())
+    assert agreement["n"] == 4
+    assert (
+        train_main(
+            [
+                *("--recipe", "img-toy", f"objective.ip_adapter={ip_run}"),
+                *(f"objective.detector={detector_run}", "data.size=8", "train.batch_size=4"),
+                *("eval.prompts=toy:4", "eval.steps=2", "log.sample_steps=2"),
+                *common,
+                f"log.output_dir={img_run}",
+            ]
+        )
+        == 0
+    )
+    result = json.loads((img_run / "eval" / "eval.json").read_text())
+    assert result["win_rate"]["n"] == 4
+    assert (img_run / "report.md").is_file()
