@@ -1015,6 +1015,7 @@ class ModuleTrainer(Trainer):
             resolve_model=lambda spec: resolve_base(
                 spec, progress=c.log.progress and self.main, log=self._log
             ),
+            barrier=self.accelerator.wait_for_everyone,
         )
         try:
             self.program.setup(context)

@@ -278,6 +278,8 @@ class ProgramContext:
         resolve_model: turns a model spec as users write it in ``model.base`` (a hub id, a
             folder, a finished run directory, a toy kind, ``toy-pretrained:KIND``) into a source
             the loaders read; identity when the trainer gives none.
+        barrier: waits until every process reaches it (what the main process writes before
+            it, the others can read after it); a no-op on one process.
     """
 
     config: Any
@@ -288,6 +290,7 @@ class ProgramContext:
     progress: bool = True
     log: Callable[[str], None] = print
     resolve_model: Callable[[str], str] = str
+    barrier: Callable[[], None] = lambda: None
 
 
 class TrainingProgram(Protocol):

@@ -318,29 +318,25 @@ class AlignerProgram:
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         folder = Path(ctx.cache_dir or ctx.run_dir) / "img-features" / digest
-        if (folder / "manifest.json").exists():
-            ctx.log(f"aligner features: cache {folder}")
-            return FeatureCache.open(folder, expected_key=key)
-        ctx.log(f"aligner features: computing {len(self.pairs)} pairs once into {folder}")
+        if not (folder / "manifest.json").exists() and ctx.main:
+            ctx.log(f"aligner features: computing {len(self.pairs)} pairs once into {folder}")
+            FeatureCache.build(folder, self._feature_rows(), key=key, progress=ctx.progress)
+        ctx.barrier()  # the other processes read what the main process wrote
+        ctx.log(f"aligner features: cache {folder}")
+        return FeatureCache.open(folder, expected_key=key)
 
-        def rows():
-            batch: list[Mapping[str, Any]] = []
-            for i in range(len(self.pairs)):
-                item = self.pairs[i]
-                if isinstance(item, Mapping):
-                    batch.append(item)
-                if len(batch) == 32 or (i == len(self.pairs) - 1 and batch):
-                    c_w, c_l, h, mask = self._features(batch)
-                    for j, it in enumerate(batch):
-                        yield (
-                            str(it.get("id", i)),
-                            c_w[j].cpu(),
-                            c_l[j].cpu(),
-                            h[j][mask[j]].cpu(),
-                        )
-                    batch = []
-
-        return FeatureCache.build(folder, rows(), key=key, progress=ctx.progress)
+    def _feature_rows(self):
+        """(id, c_w, c_l, h) of every decodable pair, computed in batches of 32."""
+        batch: list[Mapping[str, Any]] = []
+        for i in range(len(self.pairs)):
+            item = self.pairs[i]
+            if isinstance(item, Mapping):
+                batch.append(item)
+            if len(batch) == 32 or (i == len(self.pairs) - 1 and batch):
+                c_w, c_l, h, mask = self._features(batch)
+                for j, it in enumerate(batch):
+                    yield (str(it.get("id", i)), c_w[j].cpu(), c_l[j].cpu(), h[j][mask[j]].cpu())
+                batch = []
 
     def describe(self) -> str:
         return (
@@ -458,6 +454,7 @@ class DetectorProgram:
             folder = Path(ctx.cache_dir or ctx.run_dir) / "img-toy-detector" / f"seed{c.train.seed}"
             if not (folder / "config.json").exists() and ctx.main:
                 build_toy_detector(folder, seed=c.train.seed)
+            ctx.barrier()
             base = str(folder)
         else:
             base = resolve_component(base, ctx, "model.base")
@@ -618,6 +615,7 @@ class IPAdapterProgram:
                     num_hidden_layers=2,
                     seed=0,
                 )
+            ctx.barrier()
             encoder_source = str(folder)
         self.encoder_source = encoder_source
         encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_source).to(ctx.device)
