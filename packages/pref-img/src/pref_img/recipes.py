@@ -169,7 +169,7 @@ TOY_IP_ADAPTER = Recipe(
     },
     paper="Ye et al., IP-Adapter (2023): denoising loss with image tokens, 5% text/image/both "
     "dropped",
-    hardware="CPU, a few minutes",
+    hardware="2 CPU cores: ~20 min",
 )
 
 IMG_MLLM_TOY = Recipe(
@@ -195,7 +195,7 @@ IMG_MLLM_TOY = Recipe(
         "objective.eval_size": 200,
     },
     paper=PAPER + " (A.3, toy analogue: the instruction names the wrong attribute's fix)",
-    hardware="CPU, a few minutes",
+    hardware="2 CPU cores: ~9 min",
 )
 
 IMG_TOY = Recipe(
@@ -231,5 +231,5 @@ IMG_TOY = Recipe(
         "eval.guidance_scale": 3.0,
     },
     paper=PAPER + " (toy analogue)",
-    hardware="CPU, a few minutes after toy-ip-adapter and img-mllm-toy",
+    hardware="2 CPU cores: 6–9 min with the evaluation, after toy-ip-adapter and img-mllm-toy",
 )
