@@ -23,6 +23,7 @@ from pref_data.cache import (
     cache_key_hash,
     collate_cached,
     open_cache,
+    replace_folder,
 )
 from pref_data.dataset import (
     IterablePairDataset,
@@ -38,6 +39,7 @@ from pref_data.readers import (
     manifest,
     open_image_preferences,
     open_source,
+    parquet_files,
     pickapic,
     pickapic_webdataset,
 )
@@ -70,6 +72,8 @@ __all__ = [
     "open_cache",
     "open_image_preferences",
     "open_source",
+    "parquet_files",
     "pickapic",
     "pickapic_webdataset",
+    "replace_folder",
 ]

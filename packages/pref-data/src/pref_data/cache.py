@@ -317,7 +317,7 @@ def build_cache(
             shared_values=shared_values,
         )
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-        _replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -348,8 +348,9 @@ def _check_layout(layout: Conditioning | None, cond: Conditioning) -> Conditioni
     return layout
 
 
-def _replace(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` to ``out_dir``, replacing an old cache only at the end."""
+def replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out_dir``, replacing an old one only at the end
+    (readers never see a half-written folder)."""
     if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(out_dir, old)

@@ -178,8 +178,10 @@ def _looks_local(spec: str) -> bool:
 _HUB_SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}")
 
 
-def _parquet_files(root: Path, split: str) -> list[Path]:
-    """Parquet files of ``split`` under a local file or folder (see :func:`pickapic`)."""
+def parquet_files(root: Path, split: str) -> list[Path]:
+    """Parquet files of ``split`` under a local file or folder (see :func:`pickapic`): the
+    hub layouts (``data/SPLIT-*.parquet``, ``SPLIT/*.parquet``, ...), else every ``*.parquet``
+    at the top. Raises ``FileNotFoundError`` naming what was looked for."""
     if root.is_file():
         return [root]
     for pattern in (
@@ -216,7 +218,7 @@ def _open_rows(path_or_hub_id: Any, split: str, streaming: bool, load_kwargs, re
     spec = os.fspath(path_or_hub_id)
     local = Path(spec).expanduser()
     if local.exists():
-        return _ParquetRows(_parquet_files(local, split)), f"{reader}:{spec}", streaming
+        return _ParquetRows(parquet_files(local, split)), f"{reader}:{spec}", streaming
     if _looks_local(spec):
         raise FileNotFoundError(f"{spec} does not exist")
     datasets = _require("datasets", f"loading {spec!r} from the Hugging Face Hub")

@@ -55,7 +55,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pref_data import CacheKeyError, EmptyDatasetError, cache_key_hash
+from pref_data import CacheKeyError, EmptyDatasetError, cache_key_hash, replace_folder
 
 __all__ = [
     "FEATURE_CACHE_FORMAT",
@@ -422,7 +422,7 @@ class FeatureCache(Dataset):
                 "created": time.time(),
             }
             (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            _replace(tmp, out_dir)
+            replace_folder(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -511,14 +511,3 @@ class FeatureCache(Dataset):
             f"FeatureCache({str(self.root)!r}, pairs={len(self)}, ip_shape={self.ip_shape}, "
             f"guidance_dim={self.guidance_dim}, dtype={self.manifest['dtype']})"
         )
-
-
-def _replace(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` to ``out_dir``, replacing an old cache only at the end."""
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from pref_data.dataset import Skipped
 from pref_data.errors import CorruptImageError, EmptyDatasetError, SchemaError
+from pref_data.readers import parquet_files
 from pref_data.records import decode_image
 from pref_data.transforms import to_tensor
 
@@ -114,23 +115,6 @@ class _HFTable:
         return self.dataset[int(index)]
 
 
-def _parquet_files(root: Path, split: str) -> list[Path]:
-    if root.is_file():
-        return [root]
-    for pattern in (
-        f"data/{split}-*.parquet",
-        f"data/{split}/*.parquet",
-        f"{split}-*.parquet",
-        f"{split}/*.parquet",
-        "*.parquet",
-        "data/*.parquet",
-    ):
-        files = sorted(root.glob(pattern))
-        if files:
-            return files
-    return []
-
-
 def _open_table(source: str, split: str) -> _ParquetTable | _HFTable:
     path = Path(source).expanduser()
     if path.exists():
@@ -145,12 +129,10 @@ def _open_table(source: str, split: str) -> _ParquetTable | _HFTable:
                     raise ValueError(f"{source} has splits {list(loaded)}, not {split!r}")
                 loaded = loaded[split]
             return _HFTable(loaded)
-        files = _parquet_files(path, split)
-        if not files:
-            raise FileNotFoundError(
-                f"{source} holds no parquet files (looked for data/{split}-*.parquet, "
-                f"{split}/*.parquet, *.parquet, ...) and is not a datasets save_to_disk folder"
-            )
+        try:
+            files = parquet_files(path, split)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}; nor is it a datasets save_to_disk folder") from None
         return _ParquetTable(files)
     if os.path.isabs(source) or source.startswith((".", "~")) or source.endswith(".parquet"):
         raise FileNotFoundError(f"triplet data {source!r} does not exist")
