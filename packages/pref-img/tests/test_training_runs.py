@@ -77,9 +77,12 @@ def parts(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _train(recipe: str, base: Path, ip: Path, parts: dict[str, Path], run: Path) -> int:
+def _train(
+    recipe: str, base: Path, ip: Path, parts: dict[str, Path], run: Path, *extra: str
+) -> int:
     return train_main(
         [
+            *extra,
             "--recipe",
             recipe,
             f"model.base={base}",
@@ -111,7 +114,13 @@ def test_recipe_trains_exports_and_regenerates(recipe, family, parts, tmp_path):
     from pref_apps.sample import main as sample_main
 
     run = tmp_path / "run"
-    assert _train(recipe, parts[family], parts[f"{family}_ip"], parts, run) == 0
+    # SDXL: the UNet comes from another checkpoint, as SDXL-DPO's would (here the same one)
+    extra = (
+        (f"objective.denoiser={parts['sdxl']}", "objective.denoiser_subfolder=unet")
+        if family == "sdxl"
+        else ()
+    )
+    assert _train(recipe, parts[family], parts[f"{family}_ip"], parts, run, *extra) == 0
 
     rows = run_metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
@@ -127,6 +136,9 @@ def test_recipe_trains_exports_and_regenerates(recipe, family, parts, tmp_path):
     manifest = json.loads((run / "final" / "pref_model.json").read_text())
     assert manifest["method"] == "img"
     assert manifest["settings"] == {"rounds": 1, "aligner_repeats": 3, "ip_scale": 0.2}
+    if family == "sdxl":
+        assert manifest["denoiser"] == str(parts["sdxl"].resolve())
+        assert manifest["denoiser_subfolder"] == "unet"
 
     model = load_for_sampling(str(run), device="cpu")
     assert model.method == "img" and model.settings.ip_scale == 0.2

@@ -257,6 +257,8 @@ def save_img(
     ip_adapter: Mapping[str, Any],
     detector: str,
     settings: IMGSettings | None = None,
+    denoiser: str | None = None,
+    denoiser_subfolder: str | None = None,
 ) -> Path:
     """Write an IMG model: ``aligner/`` (the trained aligner) and ``pref_model.json`` naming the
     frozen parts by source (hub id or path), which :func:`load_img` loads.
@@ -270,6 +272,8 @@ def save_img(
             :func:`~pref_img.image_prompt.load_image_prompt_model`; ``None`` values allowed).
         detector: the MLLM's source.
         settings: inference defaults saved with the model.
+        denoiser, denoiser_subfolder: a UNet / transformer replacing the base pipeline's own
+            (SDXL-DPO on SDXL), as :func:`pref_core.backbones.loading.load_backbone` takes it.
     """
     from pref_core.backbones.guided import write_manifest
 
@@ -287,6 +291,8 @@ def save_img(
         detector=_portable(detector),
         aligner=ALIGNER_FOLDER,
         settings=dataclasses.asdict(settings or IMGSettings()),
+        denoiser=_portable(denoiser),
+        denoiser_subfolder=denoiser_subfolder,
     )
     return out
 
@@ -325,7 +331,13 @@ def load_img(
     missing = [k for k in ("base", "ip_adapter", "detector") if not manifest.get(k)]
     if missing:
         raise ValueError(f"{folder / 'pref_model.json'} lacks {missing}; re-export the IMG model")
-    backbone = load_backbone(str(manifest["base"]), dtype=dtype, device=device)
+    backbone = load_backbone(
+        str(manifest["base"]),
+        dtype=dtype,
+        device=device,
+        denoiser=manifest.get("denoiser"),
+        denoiser_subfolder=manifest.get("denoiser_subfolder"),
+    )
     ip_spec = dict(manifest["ip_adapter"])
     source = ip_spec.pop("source", None)
     if not source:

@@ -167,6 +167,8 @@ class AlignerProgram:
         distance: ``"mean"`` (default) or ``"sum"`` over tokens and features in ‖·‖².
         feature_cache: precompute all features once (small datasets) instead of on the fly.
         ip_scale, aligner_repeats, rounds: the exported model's inference settings.
+        denoiser, denoiser_subfolder: another UNet / transformer checkpoint for the base
+            pipeline (hub id or folder), e.g. SDXL-DPO's UNet on SDXL; saved with the model.
     """
 
     def __init__(
@@ -187,6 +189,8 @@ class AlignerProgram:
         ip_scale: float = 0.2,
         aligner_repeats: int = 3,
         rounds: int = 1,
+        denoiser: str | None = None,
+        denoiser_subfolder: str | None = None,
     ) -> None:
         if lam < 0:
             raise ValueError(f"lam (λ of Eq. 7) must be ≥ 0, got {lam}")
@@ -202,6 +206,8 @@ class AlignerProgram:
             "image_encoder_subfolder": image_encoder_subfolder,
         }
         self.detector_spec = detector
+        # another UNet/transformer in the base pipeline (SDXL-DPO's UNet on SDXL)
+        self.denoiser = {"denoiser": denoiser, "denoiser_subfolder": denoiser_subfolder}
         self.lam = float(lam)
         self.k = int(reference_update_k)
         self.sizes = {"num_layers": num_layers, "num_heads": num_heads, "ff_mult": ff_mult}
@@ -253,7 +259,7 @@ class AlignerProgram:
             self.detector_spec, ctx, "objective.detector", toy=self.toy
         )
         ctx.log(f"loading the base model {self.base_source}")
-        backbone = load_backbone(self.base_source, dtype=dtype, device=ctx.device)
+        backbone = load_backbone(self.base_source, dtype=dtype, device=ctx.device, **self.denoiser)
         options = {k: v for k, v in ip_spec.items() if k != "source"}
         self.image_prompt = load_image_prompt_model(
             backbone, ip_spec["source"], dtype=dtype, device=ctx.device, **options
@@ -416,6 +422,7 @@ class AlignerProgram:
             ip_adapter=self.ip_spec_resolved,
             detector=self.detector_source,
             settings=self.settings,
+            **self.denoiser,
         )
 
 
