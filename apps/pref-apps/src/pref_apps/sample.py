@@ -177,36 +177,28 @@ def _sample(args: argparse.Namespace) -> int:
         make_scheduler(backbone, args.scheduler)
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
+    common = {
+        "guidance": guidance,
+        "scheduler": args.scheduler,
+        "num_inference_steps": args.steps,
+        "height": args.height,
+        "width": args.width,
+        "seeds": seeds,
+        "batch_size": args.batch_size,
+        "progress": not args.no_progress,
+        "output_type": "pil",
+    }
     if sampler is not None:
         if args.negative_prompt:
             raise _UsageError(f"{args.model} samples itself and takes no --negative-prompt")
-        result = sampler(
-            prompts,
-            guidance=guidance,
-            scheduler=args.scheduler,
-            num_inference_steps=args.steps,
-            height=args.height,
-            width=args.width,
-            seeds=seeds,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-            output_type="pil",
-        )
+        result = sampler(prompts, **common)
     else:
         result = sample(
             backbone,
             prompts,
             denoisers=denoisers,
-            guidance=guidance,
-            scheduler=args.scheduler,
-            num_inference_steps=args.steps,
-            height=args.height,
-            width=args.width,
-            seeds=seeds,
-            batch_size=args.batch_size,
             negative_prompts=args.negative_prompt,
-            progress=not args.no_progress,
-            output_type="pil",
+            **common,
         )
 
     out = Path(args.out)

@@ -152,9 +152,9 @@ TOY_IP_ADAPTER = Recipe(
         "data.size": 8192,
         "data.defect_rate": 0.3,
         # A toy prompt describes its image completely, so with the paper's 5% text dropout the
-        # image tokens have nothing to add and the adapter learns to be ignored (measured:
-        # reconstruction from tokens 0.377 vs 0.395 unconditional); dropping the text half the
-        # time makes the tokens carry the image.
+        # image tokens have nothing to add and the adapter learns to be ignored (measured in
+        # development, 600 steps with an 8 px-patch encoder: reconstruction from tokens 0.377 vs
+        # 0.395 unconditional); dropping the text half the time makes the tokens carry the image.
         "objective.drop_text": 0.5,
         "optim.lr": 1e-3,
         "optim.weight_decay": 0.01,
